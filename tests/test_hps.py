@@ -1,0 +1,116 @@
+"""Hyperparams, presets and flags."""
+import argparse
+
+import pytest
+
+from vdvae import HPARAMS_REGISTRY, VAE, Hyperparams, get_hparams, register_arguments, register_preset
+from vdvae.hps import (add_vae_arguments, parse_args_and_update_hparams, setup_hparams,
+                       with_defaults)
+from vdvae.train_helpers import build_optimizer, warmup_factor
+
+
+def test_missing_key_raises_with_suggestion():
+    H = Hyperparams(width=4, zdim=2)
+    assert H.width == 4
+    H.depth = 3
+    assert H['depth'] == 3
+    with pytest.raises(AttributeError, match="unknown hyperparameter 'widht'.*'width'"):
+        H.widht
+    assert not hasattr(H, 'nope')
+
+
+def test_hps_may_be_omitted_and_gives_defaults():
+    H = setup_hparams([])
+    assert H.width == 512 and H.hparam_sets is None and H.image_size == 32
+
+
+def test_cli_flags_win_over_presets_and_later_presets_win():
+    register_preset('_test_a', dict(width=7, zdim=3))
+    register_preset('_test_b', dict(zdim=5))
+    try:
+        H = setup_hparams(['--hps', 'cifar10,_test_a,_test_b', '--lr', '0.1'])
+        assert (H.width, H.zdim, H.lr, H.n_batch) == (7, 5, 0.1, 16)
+        H = setup_hparams(['--hps', 'cifar10', '--width', '8'])
+        assert H.width == 8
+    finally:
+        del HPARAMS_REGISTRY['_test_a'], HPARAMS_REGISTRY['_test_b']
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown preset 'cifar11'.*'cifar10'.*Valid: .*ffhq1024"):
+        setup_hparams(['--hps', 'cifar11'])
+
+
+def test_preset_with_unknown_key_is_rejected():
+    register_preset('_test_bad', dict(widht=3))
+    try:
+        with pytest.raises(ValueError, match="preset '_test_bad' sets 'widht'.*'width'"):
+            setup_hparams(['--hps', '_test_bad'])
+    finally:
+        del HPARAMS_REGISTRY['_test_bad']
+
+
+def test_register_preset_inherits_from_parent():
+    child = register_preset('_test_child', dict(n_batch=2), parent='cifar10')
+    try:
+        assert child.width == 384 and child.n_batch == 2
+        assert HPARAMS_REGISTRY['cifar10'].n_batch == 16
+    finally:
+        del HPARAMS_REGISTRY['_test_child']
+    with pytest.raises(ValueError, match='unknown parent preset'):
+        register_preset('_x', {}, parent='nope')
+
+
+def test_register_arguments_adds_flags_for_extensions():
+    def add(parser):
+        parser.add_argument('--_test_target', type=float, default=0.5)
+    register_arguments(add)
+    try:
+        assert setup_hparams(['--_test_target', '0.25'])._test_target == 0.25
+        register_preset('_test_ext', dict(_test_target=0.125))
+        assert setup_hparams(['--hps', '_test_ext'])._test_target == 0.125
+    finally:
+        from vdvae.hps import EXTRA_ARGUMENTS
+        EXTRA_ARGUMENTS.remove(add)
+        HPARAMS_REGISTRY.pop('_test_ext', None)
+
+
+def test_upstream_style_parse_entry_point():
+    parser = argparse.ArgumentParser()
+    add_vae_arguments(parser)
+    H = Hyperparams()
+    parse_args_and_update_hparams(H, parser, ['--hps', 'imagenet64'])
+    assert (H.image_size, H.image_channels, H.width, H.n_batch) == (64, 3, 512, 4)
+
+
+def test_image_geometry_from_dataset_or_flags():
+    assert get_hparams('ffhq256').image_size == 256
+    H = get_hparams('cifar10', image_size=16, image_channels=1)
+    assert (H.image_size, H.image_channels) == (16, 1)
+    with pytest.raises(ValueError, match="dataset 'mystery' is not known"):
+        get_hparams(dataset='mystery')
+    with pytest.raises(ValueError, match="unknown hyperparameter 'zdmi'"):
+        get_hparams('cifar10', zdmi=3)
+
+
+def test_upstream_H_without_project_keys_builds_a_model():
+    """Code written for upstream passes an H with upstream's keys only."""
+    H = {k: v for k, v in get_hparams('cifar10').items() if k not in ('image_size', 'image_channels')}
+    H.update(width=16, zdim=2, enc_blocks='32x1,32d2,16x1', dec_blocks='16x1,32m16')
+    H['image_size'], H['image_channels'] = 32, 3      # upstream's data.py sets these two
+    model = VAE(Hyperparams(H))
+    assert model.H.image_size == 32
+    assert with_defaults(argparse.Namespace(**H)).width == 16
+
+
+def test_warmup_zero_means_none_and_first_step_is_not_zero():
+    assert warmup_factor(0, 0) == 1.0
+    assert warmup_factor(0, 100) == pytest.approx(0.01)
+    assert warmup_factor(99, 100) == 1.0 and warmup_factor(1000, 100) == 1.0
+    H = get_hparams('cifar10', width=8, zdim=2, enc_blocks='32x1', dec_blocks='32x1',
+                    warmup_iters=0)
+    optimizer, scheduler = build_optimizer(H, VAE(H))
+    assert optimizer.param_groups[0]['lr'] == H.lr
+    H.warmup_iters = -1
+    with pytest.raises(ValueError, match='warmup_iters'):
+        build_optimizer(H, VAE(H))

@@ -1,0 +1,179 @@
+"""Reading upstream VDVAE checkpoint files and writing files atomically.
+
+Upstream writes `{path}-model.th` (the DDP-wrapped model: keys prefixed `module.`),
+`{path}-model-ema.th` (no prefix) and `{path}-opt.th` (apex FusedAdam: `step` lives in each param
+group, not per parameter). Every load here is `torch.load(..., weights_only=True)`, so a file that
+would run code when unpickled is refused.
+"""
+import functools
+import os
+import pickle
+import tempfile
+
+import torch
+
+from .hps import HPARAMS_REGISTRY, get_hparams
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file, the problem and a fix."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`: a crash
+    leaves either the old file or the new one, never a truncated one."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+def load_file(path):
+    """torch.load with weights_only=True onto the CPU, with one clear error per failure."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint {path!r} does not exist; check the path (upstream names '
+                              'files like latest-model.th, latest-model-ema.th, latest-opt.th)')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        globals_named = [line.strip() for line in str(e).splitlines() if 'GLOBAL' in line.upper()]
+        if not globals_named:
+            raise CheckpointError(f'cannot read {path!r}: it is corrupt, truncated or not a torch '
+                                  'file; re-download or re-save it') from None
+        raise CheckpointError(
+            f'refused to load {path!r}: it holds Python objects other than tensors and plain '
+            'containers, which could run code when unpickled; only weights files are accepted '
+            f'(torch.load weights_only=True: {globals_named[0]})') from None
+    except Exception as e:
+        raise CheckpointError(f'cannot read {path!r} as a torch file ({type(e).__name__}: '
+                              f'{str(e).splitlines()[0] if str(e) else ""}); it is corrupt, '
+                              'truncated or not a checkpoint: re-download or re-save it') from None
+
+
+def load_state_dict_file(path):
+    """A model state dict from an upstream or project file, with any `module.` prefix removed."""
+    sd = load_file(path)
+    if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict):
+        sd = sd['model']
+    if not isinstance(sd, dict) or not sd or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f'{os.fspath(path)!r} is not a model state dict (a mapping of '
+                              'parameter names to tensors); pass a *-model.th or *-model-ema.th file')
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_shapes(name):
+    with torch.device('meta'):
+        from .vae import VAE
+        model = VAE(get_hparams(name))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def suggest_preset(sd):
+    """The registered preset whose model has exactly these keys and shapes, or None."""
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    for name in HPARAMS_REGISTRY:
+        try:
+            if _preset_shapes(name) == shapes:
+                return name
+        except (ValueError, AttributeError):
+            continue                # presets of extensions may need more than get_hparams gives
+    return None
+
+
+def check_state_dict(model, sd, path='state dict'):
+    """Raise CheckpointError naming the first missing, unexpected or mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    misshaped = [f'{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}'
+                 for k in own if k in sd and sd[k].shape != own[k].shape]
+    if not (missing or unexpected or misshaped):
+        return
+    problems = []
+    for label, items in (('missing', missing), ('unexpected', unexpected),
+                         ('mis-shaped (file != model)', misshaped)):
+        if items:
+            more = f' and {len(items) - 3} more' if len(items) > 3 else ''
+            problems.append(f'{len(items)} {label}: {", ".join(items[:3])}{more}')
+    preset = suggest_preset(sd)
+    fix = (f'it matches preset {preset!r}: run with --hps {preset}' if preset else
+           'it matches no registered preset: pass the --hps and architecture flags it was '
+           'trained with')
+    raise CheckpointError(f'{path!r} does not fit this model ({"; ".join(problems)}); {fix}')
+
+
+def restore_params(model, path):
+    """Load upstream/project weights from `path` into `model` (strict, with a clear error)."""
+    sd = load_state_dict_file(path)
+    check_state_dict(model, sd, os.fspath(path))
+    model.load_state_dict(sd)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer state
+
+def convert_apex_adam_state(state, optimizer):
+    """Turn an apex FusedAdam state dict (step per param group) into one torch's AdamW can load
+    and step (step per parameter). Torch-format dicts are returned unchanged."""
+    if not isinstance(state, dict) or 'state' not in state or 'param_groups' not in state:
+        raise CheckpointError('not an optimizer state dict (needs "state" and "param_groups"); '
+                              'pass a *-opt.th file')
+    groups = state['param_groups']
+    if len(groups) != len(optimizer.param_groups) or any(
+            len(g['params']) != len(o['params']) for g, o in zip(groups, optimizer.param_groups)):
+        raise CheckpointError(
+            f'optimizer state has {[len(g["params"]) for g in groups]} parameters per group, the '
+            f'model {[len(g["params"]) for g in optimizer.param_groups]}; it is from another '
+            'architecture: use the --hps it was trained with')
+    per_param_state = state['state']
+    if all('step' in s for s in per_param_state.values()):
+        return state
+    new_groups = []
+    for saved, current in zip(groups, optimizer.param_groups):
+        group = {k: v for k, v in current.items() if k != 'params'}
+        for key in ('lr', 'betas', 'eps', 'weight_decay', 'initial_lr'):
+            if key in saved:
+                group[key] = tuple(saved[key]) if key == 'betas' else saved[key]
+        group['params'] = list(saved['params'])
+        new_groups.append(group)
+        step = float(saved.get('step', 0))
+        for index in saved['params']:
+            if index in per_param_state:
+                per_param_state[index] = dict(per_param_state[index], step=torch.tensor(step))
+    params = [p for g in optimizer.param_groups for p in g['params']]
+    indices = [i for g in groups for i in g['params']]
+    for index, param in zip(indices, params):
+        s = per_param_state.get(index)
+        if s is not None and s['exp_avg'].shape != param.shape:
+            raise CheckpointError(f'optimizer state for parameter {index} has shape '
+                                  f'{tuple(s["exp_avg"].shape)}, the model {tuple(param.shape)}; '
+                                  'it is from another architecture')
+    return {'state': per_param_state, 'param_groups': new_groups}
+
+
+def restore_optimizer(optimizer, path):
+    """Load an upstream apex `*-opt.th` or a torch AdamW state into `optimizer`."""
+    try:
+        optimizer.load_state_dict(convert_apex_adam_state(load_file(path), optimizer))
+    except CheckpointError as e:
+        raise CheckpointError(f'{os.fspath(path)!r}: {e}') from None
+    return optimizer

@@ -1,0 +1,242 @@
+"""Hyperparameters: upstream VDVAE's flags and presets, with strict lookups.
+
+Configuration is a registry of named presets (small diffs over argparse defaults) plus command-line
+flags, as in upstream `hps.py`: `--hps a,b` applies the presets in order as argparse defaults, then
+the command line is parsed again so explicit flags win. Differences from upstream, all deliberate:
+
+* reading a key that no preset or flag defines raises (upstream silently returns None);
+* `--hps` may be omitted (pure defaults), and an unknown preset or preset key lists the valid ones;
+* `image_size` / `image_channels` are also flags (default: taken from the dataset, as upstream does);
+* extensions add presets with `register_preset` and flags with `register_arguments`.
+"""
+import argparse
+import difflib
+
+# Image geometry of each dataset (upstream sets these in data.set_up_data; channels are always 3
+# there). Extensions add their datasets with `register_dataset`.
+DATASET_IMAGE_SHAPE = {
+    'cifar10': (32, 3),
+    'imagenet32': (32, 3),
+    'imagenet64': (64, 3),
+    'ffhq_256': (256, 3),
+    'ffhq_1024': (1024, 3),
+}
+
+
+class Hyperparams(dict):
+    """A dict with attribute access. Unlike upstream, a missing key is an error, not None."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(unknown_name_message('hyperparameter', name, self.keys())) from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    def __delattr__(self, name):
+        del self[name]
+
+    def copy(self):
+        return Hyperparams(self)
+
+
+def unknown_name_message(kind, name, valid):
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
+    return f"unknown {kind} {name!r}.{hint} Valid: {', '.join(valid)}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Presets (values as upstream's parser resolves them; see ../shared/reference/presets.json)
+
+HPARAMS_REGISTRY = {}
+
+
+def register_preset(name, hps, parent=None):
+    """Add preset `name`: the keys of `hps` over a copy of preset `parent` (if any). Returns it."""
+    if parent is not None and parent not in HPARAMS_REGISTRY:
+        raise ValueError(unknown_name_message('parent preset', parent, HPARAMS_REGISTRY))
+    preset = Hyperparams(HPARAMS_REGISTRY[parent]) if parent else Hyperparams()
+    preset.update(hps)
+    HPARAMS_REGISTRY[name] = preset
+    return preset
+
+
+def register_dataset(name, image_size, image_channels):
+    DATASET_IMAGE_SHAPE[name] = (image_size, image_channels)
+
+
+register_preset('cifar10', dict(
+    width=384, lr=2e-4, zdim=16, wd=0.01, warmup_iters=100, dataset='cifar10', n_batch=16,
+    ema_rate=0.9999,
+    dec_blocks='1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21',
+    enc_blocks='32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3',
+))
+register_preset('imagenet32', dict(
+    width=512, lr=1.5e-4, zdim=16, wd=0.01, warmup_iters=100, dataset='imagenet32', n_batch=8,
+    ema_rate=0.999, skip_threshold=300, epochs_per_eval=1, epochs_per_eval_save=1,
+    dec_blocks='1x2,4m1,4x4,8m4,8x9,16m8,16x19,32m16,32x40',
+    enc_blocks='32x15,32d2,16x9,16d2,8x8,8d2,4x6,4d4,1x6',
+), parent='cifar10')
+register_preset('imagenet64', dict(
+    n_batch=4, grad_clip=220.0, skip_threshold=380.0, dataset='imagenet64',
+    dec_blocks='1x2,4m1,4x3,8m4,8x7,16m8,16x15,32m16,32x31,64m32,64x12',
+    enc_blocks='64x11,64d2,32x20,32d2,16x9,16d2,8x8,8d2,4x7,4d4,1x5',
+), parent='imagenet32')
+register_preset('ffhq256', dict(
+    n_batch=1, grad_clip=130.0, skip_threshold=180.0, dataset='ffhq_256',
+    num_images_visualize=2, num_variables_visualize=3, num_temperatures_visualize=1,
+    dec_blocks='1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x21,64m32,64x13,128m64,128x7,256m128',
+    enc_blocks='256x3,256d2,128x8,128d2,64x12,64d2,32x17,32d2,16x7,16d2,8x5,8d2,4x5,4d4,1x4',
+), parent='imagenet64')
+register_preset('ffhq1024', dict(
+    width=16, custom_width_str='512:32,256:64,128:512,64:512,32:512,16:512,8:512,4:512,1:512',
+    lr=7e-5, grad_clip=360.0, skip_threshold=500.0, num_mixtures=2, iters_per_images=25000,
+    dataset='ffhq_1024', data_root='./ffhq_images1024x1024',
+    num_images_visualize=1, num_variables_visualize=0, num_temperatures_visualize=4,
+    dec_blocks='1x2,4m1,4x3,8m4,8x4,16m8,16x9,32m16,32x20,64m32,64x14,128m64,128x7,256m128,'
+               '256x2,512m256,1024m512',
+    enc_blocks='1024x1,1024d2,512x3,512d2,256x5,256d2,128x7,128d2,64x10,64d2,32x14,32d2,16x7,'
+               '16d2,8x5,8d2,4x5,4d4,1x4',
+), parent='ffhq256')
+
+
+# ------------------------------------------------------------------------------------------------
+# Flags
+
+def _d(help_text):
+    return help_text + ' (default: %(default)s)'
+
+
+def add_vae_arguments(parser):
+    """Upstream's flags, names and defaults, plus the project's own (image geometry)."""
+    a = parser.add_argument
+    a('--seed', type=int, default=0, help=_d('seed for numpy and torch'))
+    a('--port', type=int, default=29500, help=_d('MASTER_PORT for torch.distributed'))
+    a('--save_dir', type=str, default='./saved_models', help=_d('runs go to save_dir/desc'))
+    a('--data_root', type=str, default='./', help=_d('dataset location'))
+    a('--desc', type=str, default='test', help=_d('run name'))
+    a('--hparam_sets', '--hps', type=str, help='comma-separated presets, applied in order: '
+      + ', '.join(HPARAMS_REGISTRY))
+    a('--restore_path', type=str, default=None, help=_d('model weights to load'))
+    a('--restore_ema_path', type=str, default=None, help=_d('EMA weights to load'))
+    a('--restore_log_path', type=str, default=None, help=_d('log.jsonl to resume epoch/step from'))
+    a('--restore_optimizer_path', type=str, default=None, help=_d('optimizer state to load'))
+    a('--dataset', type=str, default='cifar10', help=_d('dataset name'))
+    a('--image_size', type=int, default=None, help=_d('image side length; None: from dataset'))
+    a('--image_channels', type=int, default=None, help=_d('1 or 3; None: from dataset'))
+
+    a('--ema_rate', type=float, default=0.999, help=_d('EMA decay of the weights'))
+    a('--enc_blocks', type=str, default=None, help=_d('encoder block string, e.g. 32x3,32d2,16x2'))
+    a('--dec_blocks', type=str, default=None, help=_d('decoder block string, e.g. 1x1,4m1,4x2'))
+    a('--zdim', type=int, default=16, help=_d('channels of each latent layer'))
+    a('--width', type=int, default=512, help=_d('channel width'))
+    a('--custom_width_str', type=str, default='', help=_d('per-resolution widths "res:w,..."'))
+    a('--bottleneck_multiple', type=float, default=0.25, help=_d('block hidden width / width'))
+    a('--no_bias_above', type=int, default=64, help=_d('learned decoder biases up to this res'))
+    a('--scale_encblock', action='store_true', help='unused (kept for upstream compatibility)')
+    a('--test_eval', action='store_true', help='evaluate on the test split and exit')
+    a('--warmup_iters', type=float, default=0, help=_d('linear LR warm-up steps; 0: none'))
+
+    a('--num_mixtures', type=int, default=10, help=_d('logistic mixture components'))
+    a('--grad_clip', type=float, default=200.0, help=_d('gradient-norm clip'))
+    a('--skip_threshold', type=float, default=400.0, help=_d('skip steps with grad norm >= this; -1: never'))
+    a('--lr', type=float, default=0.00015, help=_d('learning rate'))
+    a('--lr_prior', type=float, default=0.00015, help='unused (kept for upstream compatibility)')
+    a('--wd', type=float, default=0.0, help=_d('decoupled weight decay'))
+    a('--wd_prior', type=float, default=0.0, help='unused (kept for upstream compatibility)')
+    a('--num_epochs', type=int, default=10000, help=_d('epochs to train'))
+    a('--n_batch', type=int, default=32, help=_d('batch size per process (per GPU)'))
+    a('--adam_beta1', type=float, default=0.9, help=_d('Adam beta1'))
+    a('--adam_beta2', type=float, default=0.9, help=_d('Adam beta2 (upstream: 0.9)'))
+    a('--temperature', type=float, default=1.0, help='unused (kept for upstream compatibility)')
+
+    a('--iters_per_ckpt', type=int, default=25000, help=_d('numbered checkpoint period'))
+    a('--iters_per_print', type=int, default=1000, help=_d('train-log period'))
+    a('--iters_per_save', type=int, default=10000, help=_d('latest-checkpoint period'))
+    a('--iters_per_images', type=int, default=10000, help=_d('sample-grid period'))
+    a('--epochs_per_eval', type=int, default=10, help=_d('validation period in epochs'))
+    a('--epochs_per_probe', type=int, default=None, help='unused (kept for upstream compatibility)')
+    a('--epochs_per_eval_save', type=int, default=20, help='unused (kept for upstream compatibility)')
+    a('--num_images_visualize', type=int, default=8, help=_d('columns of the sample grid'))
+    a('--num_variables_visualize', type=int, default=6, help=_d('rows with first-k latents fixed'))
+    a('--num_temperatures_visualize', type=int, default=3, help=_d('rows of prior samples'))
+    for add_arguments in EXTRA_ARGUMENTS:
+        add_arguments(parser)
+    return parser
+
+
+EXTRA_ARGUMENTS = []
+
+
+def register_arguments(add_arguments):
+    """Extensions register `add_arguments(parser)`; it runs in every `add_vae_arguments`."""
+    if add_arguments not in EXTRA_ARGUMENTS:
+        EXTRA_ARGUMENTS.append(add_arguments)
+    return add_arguments
+
+
+# Keys the project adds on top of upstream's, with the defaults that let an upstream-style H
+# (upstream's keys only) build a VAE here unchanged.
+PROJECT_DEFAULTS = {'image_size': None, 'image_channels': None}
+
+
+def with_defaults(H):
+    """A Hyperparams copy of `H` (dict, Namespace or Hyperparams) with project keys filled in."""
+    H = Hyperparams(vars(H) if isinstance(H, argparse.Namespace) else H)
+    for key, value in PROJECT_DEFAULTS.items():
+        H.setdefault(key, value)
+    if H.image_size is None or H.image_channels is None:
+        if H.get('dataset') not in DATASET_IMAGE_SHAPE:
+            raise ValueError(f"cannot tell the image size: dataset {H.get('dataset')!r} is not "
+                             f"known ({', '.join(DATASET_IMAGE_SHAPE)}); set image_size and "
+                             "image_channels")
+        size, channels = DATASET_IMAGE_SHAPE[H.dataset]
+        H.image_size = size if H.image_size is None else H.image_size
+        H.image_channels = channels if H.image_channels is None else H.image_channels
+    return H
+
+
+def parse_flags(parser, s=None):
+    """Parse `s` with presets from `--hps` as defaults (flags win); image geometry unresolved."""
+    args = parser.parse_args(s)
+    names = [n.strip() for n in (args.hparam_sets or '').split(',') if n.strip()]
+    valid_keys = {action.dest for action in parser._actions}
+    for name in names:
+        if name not in HPARAMS_REGISTRY:
+            raise ValueError(unknown_name_message('preset', name, HPARAMS_REGISTRY))
+        preset = HPARAMS_REGISTRY[name]
+        for key in preset:
+            if key not in valid_keys:
+                raise ValueError(f'preset {name!r} sets {key!r}, which is not a flag. '
+                                 + unknown_name_message('key', key, valid_keys))
+        parser.set_defaults(**preset)
+    return Hyperparams(vars(parser.parse_args(s)))
+
+
+def parse_args_and_update_hparams(H, parser, s=None):
+    """Upstream's entry point: fills `H` from presets and flags, then the image geometry."""
+    H.update(parse_flags(parser, s))
+    H.update(with_defaults(H))
+    return H
+
+
+def setup_hparams(argv=None, parser=None):
+    """Build the parser with every registered flag and return the resolved Hyperparams."""
+    parser = parser or argparse.ArgumentParser()
+    add_vae_arguments(parser)
+    return parse_args_and_update_hparams(Hyperparams(), parser, argv)
+
+
+def get_hparams(*presets, **overrides):
+    """Resolved Hyperparams for presets plus overrides, without a command line (for scripts)."""
+    parser = add_vae_arguments(argparse.ArgumentParser())
+    H = parse_flags(parser, ['--hps', ','.join(presets)] if presets else [])
+    for key in overrides:
+        if key not in H:
+            raise ValueError(unknown_name_message('hyperparameter', key, H.keys()))
+    H.update(overrides)
+    return with_defaults(H)
