@@ -88,6 +88,7 @@ class _Exploit:
         return (os.mkdir, (self.target,))
 
 
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 def test_pickle_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / 'pwned'
     exploit = _Exploit()

@@ -114,3 +114,12 @@ def test_warmup_zero_means_none_and_first_step_is_not_zero():
     H.warmup_iters = -1
     with pytest.raises(ValueError, match='warmup_iters'):
         build_optimizer(H, VAE(H))
+
+
+def test_plugin_presets_of_the_paper_are_registered():
+    """hps_overrides registers A.1's presets through the vdvae.plugins entry point."""
+    H = get_hparams('svhn')
+    assert (H.dataset, H.image_size, H.n_batch, H.skip_threshold) == ('svhn', 32, 12, 500.0)
+    H = get_hparams('celeba64')
+    assert (H.image_size, H.n_batch) == (64, 6) and H.dec_blocks.endswith('64m32,64x5')
+    assert get_hparams('lsun64').dataset == 'lsun_bedroom64'

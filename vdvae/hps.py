@@ -11,6 +11,7 @@ the command line is parsed again so explicit flags win. Differences from upstrea
 """
 import argparse
 import difflib
+from importlib import metadata
 
 # Image geometry of each dataset (upstream sets these in data.set_up_data; channels are always 3
 # there). Extensions add their datasets with `register_dataset`.
@@ -111,8 +112,23 @@ def _d(help_text):
     return help_text + ' (default: %(default)s)'
 
 
+_PLUGINS_LOADED = False
+
+
+def load_plugins():
+    """Import the modules registered under the entry-point group `vdvae.plugins` (installed
+    packages such as progcode's `hps_overrides`), so that their presets and flags exist."""
+    global _PLUGINS_LOADED
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        for entry_point in metadata.entry_points(group='vdvae.plugins'):
+            entry_point.load()
+
+
 def add_vae_arguments(parser):
-    """Upstream's flags, names and defaults, plus the project's own (image geometry)."""
+    """Upstream's flags, names and defaults, plus the project's own (image geometry) and those
+    of plugins."""
+    load_plugins()
     a = parser.add_argument
     a('--seed', type=int, default=0, help=_d('seed for numpy and torch'))
     a('--port', type=int, default=29500, help=_d('MASTER_PORT for torch.distributed'))

@@ -1,0 +1,111 @@
+"""Command line of the VDVAE core.
+
+  python -m vdvae sample --hps cifar10 --restore_ema_path CKPT --n 16 --t 0.9 --out grid.png
+  python -m vdvae summary --hps cifar10
+"""
+import argparse
+import math
+import sys
+
+import torch
+
+from .block_strings import check_architecture
+from .checkpoint import restore_params
+from .hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
+from .images import tile_images, write_image
+from .vae import VAE
+
+
+def parse_temperature(text):
+    """'0.9' -> 0.9; '0.1,0.5,0.9' -> one temperature per decoder block; 'none' -> None."""
+    if text.lower() == 'none':
+        return None
+    try:
+        values = [float(v) for v in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'temperature {text!r} is not a number or a comma list '
+                                         'of numbers') from None
+    if any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f'temperatures must be >= 0, got {text!r}')
+    return values[0] if len(values) == 1 else values
+
+
+def build_model(H, device):
+    """The VAE of `H` on `device`, with weights from --restore_ema_path or --restore_path."""
+    model = VAE(H)
+    path = H.restore_ema_path or H.restore_path
+    if path:
+        restore_params(model, path)
+    else:
+        print('no checkpoint given (--restore_ema_path / --restore_path): using a RANDOMLY '
+              'INITIALISED model', file=sys.stderr)
+    return model.to(device).eval()
+
+
+def sample(H):
+    n_blocks = len(check_architecture(H)[1])
+    if isinstance(H.t, list) and len(H.t) != n_blocks:
+        raise ValueError(f'--t gives {len(H.t)} temperatures, but the decoder has {n_blocks} '
+                         'blocks; give one number or exactly one per block')
+    model = build_model(H, H.device)
+    torch.manual_seed(H.seed)           # after init, so a seed gives the same draws as upstream
+    with torch.no_grad():
+        images = model.forward_uncond_samples(H.n, t=H.t)
+    ncol = H.ncol or math.ceil(math.sqrt(H.n))
+    write_image(H.out, tile_images(images, ncol))
+    print(f'wrote {H.n} samples ({H.image_size}x{H.image_size}, t={H.t}) to {H.out}')
+
+
+def summary(H):
+    with torch.device('meta'):
+        model = VAE(H)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    blocks = model.decoder.dec_blocks
+    print(f'preset(s) {H.hparam_sets or "(defaults)"}: {count(model):,} parameters '
+          f'(encoder {count(model.encoder):,}, decoder {count(model.decoder):,})')
+    print(f'{len(model.encoder.enc_blocks)} encoder blocks, {len(blocks)} decoder blocks '
+          f'(= latent layers), image {H.image_size}x{H.image_size}x{H.image_channels}')
+    for res in model.decoder.resolutions:
+        n = sum(b.base == res for b in blocks)
+        print(f'  {res:>4}x{res:<4} {n:>3} latent layers x {H.zdim} channels '
+              f'= {n * H.zdim * res * res:,} latent dims')
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m vdvae', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest='command', required=True)
+    p = add_vae_arguments(commands.add_parser('sample', help='write a PNG grid of prior samples'))
+    p.add_argument('--n', type=int, default=16, help='number of samples (default: %(default)s)')
+    p.add_argument('--t', type=parse_temperature, default=1.0,
+                   help='temperature: a number, one per decoder block (comma list), or none '
+                        '(default: %(default)s)')
+    p.add_argument('--out', default='samples.png', help='PNG file (default: %(default)s)')
+    p.add_argument('--ncol', type=int, default=0, help='grid columns (default: about sqrt(n))')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                   help='torch device (default: %(default)s)')
+    add_vae_arguments(commands.add_parser('summary', help='parameter counts and latent layout'))
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and not argv[0].startswith('-') else None
+    try:
+        H = Hyperparams()
+        if command in commands.choices:
+            parse_args_and_update_hparams(H, commands.choices[command], argv[1:])
+            H.command = command
+        else:
+            H.update(vars(parser.parse_args(argv)))
+        if H.command == 'sample':
+            if H.n < 1:
+                raise ValueError(f'--n must be at least 1, got {H.n}')
+            sample(H)
+        else:
+            summary(H)
+    except (ValueError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
