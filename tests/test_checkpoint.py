@@ -88,7 +88,6 @@ class _Exploit:
         return (os.mkdir, (self.target,))
 
 
-@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 def test_pickle_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / 'pwned'
     exploit = _Exploit()
@@ -174,3 +173,41 @@ def test_atomic_save_replaces_and_leaves_no_temp_files(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(torch.load(target, weights_only=True)['a'], torch.zeros(2))
     assert sorted(os.listdir(tmp_path)) == ['latest-model.th']
+
+
+def test_checkpoint_set_is_all_old_or_all_new_after_a_crash(tmp_path, monkeypatch):
+    from vdvae import checkpoint
+    log = tmp_path / 'log.jsonl'
+    log.write_text('{"step": 1}\n')
+    checkpoint.save_checkpoint_set(tmp_path, {'latest-model.th': {'v': torch.zeros(1)},
+                                              'latest-state.th': {'step': 1},
+                                              'latest-log.jsonl': str(log)})
+    assert (tmp_path / 'latest-log.jsonl').read_text() == '{"step": 1}\n'
+
+    # A crash while the new files are written (before the commit record): the old set survives.
+    calls = []
+
+    def crash_on_second(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(obj, path)
+    real = checkpoint.atomic_save
+    monkeypatch.setattr(checkpoint, 'atomic_save', crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint_set(tmp_path, {'latest-model.th': {'v': torch.ones(1)},
+                                                  'latest-state.th': {'step': 2}})
+    monkeypatch.undo()
+    checkpoint.recover_checkpoint_set(tmp_path)
+    assert torch.load(tmp_path / 'latest-state.th', weights_only=True) == {'step': 1}
+    assert torch.load(tmp_path / 'latest-model.th', weights_only=True)['v'].item() == 0
+
+    # A crash after the commit record but before all renames: recovery completes the new set.
+    checkpoint.atomic_save({'v': torch.ones(1)}, tmp_path / 'latest-model.th.pending')
+    checkpoint.atomic_save({'step': 2}, tmp_path / 'latest-state.th.pending')
+    os.replace(tmp_path / 'latest-model.th.pending', tmp_path / 'latest-model.th')
+    (tmp_path / '.checkpoint-commit.json').write_text('["latest-model.th", "latest-state.th"]')
+    checkpoint.recover_checkpoint_set(tmp_path)
+    assert torch.load(tmp_path / 'latest-state.th', weights_only=True) == {'step': 2}
+    assert torch.load(tmp_path / 'latest-model.th', weights_only=True)['v'].item() == 1
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(('.pending', '.json', '.tmp'))]

@@ -47,7 +47,7 @@ def sample(H):
     if isinstance(H.t, list) and len(H.t) != n_blocks:
         raise ValueError(f'--t gives {len(H.t)} temperatures, but the decoder has {n_blocks} '
                          'blocks; give one number or exactly one per block')
-    model = build_model(H, H.device)
+    model = build_model(H, H.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     torch.manual_seed(H.seed)           # after init, so a seed gives the same draws as upstream
     with torch.no_grad():
         images = model.forward_uncond_samples(H.n, t=H.t)
@@ -82,8 +82,6 @@ def main(argv=None):
                         '(default: %(default)s)')
     p.add_argument('--out', default='samples.png', help='PNG file (default: %(default)s)')
     p.add_argument('--ncol', type=int, default=0, help='grid columns (default: about sqrt(n))')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
-                   help='torch device (default: %(default)s)')
     add_vae_arguments(commands.add_parser('summary', help='parameter counts and latent layout'))
 
     argv = sys.argv[1:] if argv is None else list(argv)

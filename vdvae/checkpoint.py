@@ -6,9 +6,11 @@ group, not per parameter). Every load here is `torch.load(..., weights_only=True
 would run code when unpickled is refused.
 """
 import functools
+import json
 import os
 import pickle
 import tempfile
+import warnings
 
 import torch
 
@@ -50,7 +52,10 @@ def load_file(path):
         raise CheckpointError(f'checkpoint {path!r} does not exist; check the path (upstream names '
                               'files like latest-model.th, latest-model-ema.th, latest-opt.th)')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before refusing; our error says it better
+            warnings.simplefilter('ignore', UserWarning)
+            return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         globals_named = [line.strip() for line in str(e).splitlines() if 'GLOBAL' in line.upper()]
         if not globals_named:
@@ -177,3 +182,66 @@ def restore_optimizer(optimizer, path):
     except CheckpointError as e:
         raise CheckpointError(f'{os.fspath(path)!r}: {e}') from None
     return optimizer
+
+
+# ------------------------------------------------------------------------------------------------
+# A set of files that must change together (model, EMA, optimizer, training state)
+
+_COMMIT = '.checkpoint-commit.json'
+
+
+def save_checkpoint_set(folder, files):
+    """Write `files` ({name: object to torch.save, or a path to copy}) into `folder` so that a
+    crash at any moment leaves either the whole old set or the whole new set: every file is first
+    written completely as `name.pending`, then a commit record names them, then they are renamed.
+    `recover_checkpoint_set` finishes or discards an interrupted save."""
+    for name, obj in files.items():
+        target = os.path.join(folder, name + '.pending')
+        if isinstance(obj, (str, os.PathLike)):
+            with open(obj, 'rb') as src:
+                _atomic_write_bytes(src.read(), target)
+        else:
+            atomic_save(obj, target)
+    _atomic_write_bytes(json.dumps(sorted(files)).encode(), os.path.join(folder, _COMMIT))
+    recover_checkpoint_set(folder)
+
+
+def recover_checkpoint_set(folder):
+    """Complete a save whose commit record exists; drop pending files of one that never got
+    there. Safe to call at any time (and called before every resume)."""
+    commit = os.path.join(folder, _COMMIT)
+    if os.path.exists(commit):
+        with open(commit) as f:
+            names = json.load(f)
+        for name in names:
+            pending = os.path.join(folder, name + '.pending')
+            if os.path.exists(pending):
+                os.replace(pending, os.path.join(folder, name))
+        _fsync_dir(folder)
+        os.unlink(commit)
+    for name in os.listdir(folder):
+        if name.endswith('.pending'):
+            os.unlink(os.path.join(folder, name))
+
+
+def _atomic_write_bytes(data, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

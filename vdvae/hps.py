@@ -180,6 +180,18 @@ def add_vae_arguments(parser):
     a('--num_images_visualize', type=int, default=8, help=_d('columns of the sample grid'))
     a('--num_variables_visualize', type=int, default=6, help=_d('rows with first-k latents fixed'))
     a('--num_temperatures_visualize', type=int, default=3, help=_d('rows of prior samples'))
+
+    # The project's additions to upstream's training flags.
+    a('--num_iters', type=int, default=None, help=_d('stop after this many iterations in all'))
+    a('--max_consecutive_skips', type=int, default=200,
+      help=_d('stop when this many updates in a row were skipped (upstream dead-lock, issue 25)'))
+    a('--resume', action='store_true', help='continue the run in save_dir/desc exactly')
+    a('--overwrite', action='store_true', help='replace a run already in save_dir/desc')
+    a('--amp', choices=('fp32', 'bf16', 'fp16'), default='fp32',
+      help=_d('autocast precision; likelihood and KL stay float32'))
+    a('--channels_last', action='store_true', help='channels-last memory format (faster convs)')
+    a('--compile', action='store_true', help='torch.compile the model')
+    a('--device', type=str, default=None, help=_d('torch device; None: cuda:LOCAL_RANK or cpu'))
     for add_arguments in EXTRA_ARGUMENTS:
         add_arguments(parser)
     return parser

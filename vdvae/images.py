@@ -4,6 +4,7 @@ import tempfile
 
 import imageio.v2 as imageio
 import numpy as np
+import torch
 
 
 def tile_images(images, ncol):
@@ -32,3 +33,20 @@ def write_image(path, image):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@torch.no_grad()
+def write_images(H, ema_model, originals, x_in, path):
+    """Upstream's sample grid: a row of originals; rows of reconstructions from the first k
+    posterior latents (the rest from the prior at t = 0.1) for evenly spaced k; rows of prior
+    samples at t = 1.0, 0.9, 0.8, 0.7 (the first `num_temperatures_visualize`)."""
+    n = originals.shape[0]
+    rows = [np.asarray(originals.cpu(), dtype=np.uint8)]
+    zs = [s['z'] for s in ema_model.forward_get_latents(x_in)]
+    cuts = np.floor(np.linspace(0, 1, H.num_variables_visualize + 2) * len(zs)).astype(int)[1:-1]
+    for k in cuts:
+        rows.append(ema_model.forward_samples_set_latents(n, zs[:k], t=0.1))
+    for t in [1.0, 0.9, 0.8, 0.7][:H.num_temperatures_visualize]:
+        rows.append(ema_model.forward_uncond_samples(n, t=t))
+    images = np.concatenate(rows, axis=0)
+    write_image(path, tile_images(images, n))
