@@ -18,21 +18,23 @@ def split_batches(n_examples, batch_size, rank=0, world_size=1):
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def as_batch(items):
-    """A DataLoader batch of uint8 images: datasets yield tensors or 1-tuples of tensors."""
-    return items[0] if isinstance(items, (list, tuple)) else items
+def load_batch(dataset, indices):
+    """Stack dataset items (uint8 HWC tensors, or 1-tuples of them) into one NHWC batch. Plain
+    indexing, not a DataLoader: creating a DataLoader iterator draws from the global RNG, which
+    would make a resumed run's random stream differ from an uninterrupted one."""
+    items = [dataset[i] for i in indices]
+    items = [item[0] if isinstance(item, (list, tuple)) else item for item in items]
+    return torch.stack([torch.as_tensor(item) for item in items])
 
 
 @torch.no_grad()
 def evaluate(H, model, dataset, preprocess_fn, device, rank=0, world_size=1, autocast=None):
     """Mean per-example ELBO, distortion and rate over `dataset` (one posterior sample each)."""
     model.eval()
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=split_batches(len(dataset), H.n_batch, rank, world_size))
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]             # elbo, distortion, rate, count, finite count
     finite_elbo = 0.0
-    for items in loader:
-        x_in, x_target = preprocess_fn(as_batch(items), device)
+    for indices in split_batches(len(dataset), H.n_batch, rank, world_size):
+        x_in, x_target = preprocess_fn(load_batch(dataset, indices), device)
         with (autocast or nullcontext)():
             stats = model(x_in, x_target)
         n = x_in.shape[0]

@@ -60,7 +60,7 @@ class Encoder(nn.Module):
             block.c4.weight.data *= scale
 
     def forward(self, x):
-        x = x.permute(0, 3, 1, 2).contiguous()                    # NHWC -> NCHW
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(self.in_conv))
         x = self.in_conv(x)
         activations = {x.shape[2]: x}
         for block in self.enc_blocks:
@@ -70,6 +70,13 @@ class Encoder(nn.Module):
                 x = pad_channels(x, self.widths[res])
             activations[res] = x
         return activations
+
+
+def _memory_format(conv):
+    w = conv.weight
+    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _temperature(t, i):
@@ -109,7 +116,7 @@ class DecBlock(nn.Module):
         """The running decoder state at this resolution, with the lower resolution mixed in."""
         x = xs[self.base] if self.base in xs else torch.zeros_like(like)
         if x.shape[0] != batch:
-            x = x.repeat(batch, 1, 1, 1)                       # learned bias_xs have batch 1
+            x = x.repeat(batch, 1, 1, 1).contiguous(memory_format=_memory_format(self.z_proj))
         if self.mixin is not None:
             x = x + F.interpolate(xs[self.mixin][:, :x.shape[1], ...],
                                   scale_factor=self.base // self.mixin)

@@ -50,7 +50,7 @@ def gaussian_analytical_kl(mu1, mu2, logsigma1, logsigma2):
 
 
 def draw_gaussian_diag_samples(mu, logsigma):
-    eps = torch.empty_like(mu).normal_(0.0, 1.0)
+    eps = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device).normal_(0.0, 1.0)
     return torch.exp(logsigma) * eps + mu
 
 
