@@ -44,7 +44,10 @@ class Logger:
         record = dict(record, time=time.time())
         if args:
             record['message'] = ' '.join(str(a) for a in args)
-        line = ', '.join(f'{k}: {_format(v)}' for k, v in record.items() if k != 'time')
+        line = ', '.join(f'{k}: {_format(v)}' for k, v in record.items()
+                         if k not in ('time', 'message'))
+        if args:
+            line = record['message'] + (f' ({line})' if line else '')
         if self.echo:
             print(line, flush=True)
         self.txt.write(line + '\n')
