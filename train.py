@@ -240,7 +240,8 @@ def train(H):
 
     model = vae
     if d.world_size > 1:
-        model = DistributedDataParallel(vae, device_ids=[d.local_rank] if d.device.type == 'cuda' else None)
+        model = DistributedDataParallel(vae, device_ids=[d.local_rank] if d.device.type == 'cuda' else None,
+                                        gradient_as_bucket_view=True)
     if H.compile:
         model = torch.compile(model)
 

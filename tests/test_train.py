@@ -115,17 +115,24 @@ _NO_NOISE = ('import sys, train, vdvae.vae; '
              'sys.exit(train.main(sys.argv[1:]))')
 
 
-def test_two_gloo_processes_equal_one_process_with_twice_the_batch(tmp_path):
+@pytest.mark.parametrize('launcher', ['torchrun', 'mpiexec'])
+def test_two_gloo_processes_equal_one_process_with_twice_the_batch(tmp_path, launcher):
     common = [*TINY, '--save_dir', str(tmp_path), '--num_iters', '3', '--iters_per_print', '1',
               '--lr', '1e-4', '--warmup_iters', '0']
     subprocess.run([sys.executable, '-c', _NO_NOISE, *common, '--desc', 'one', '--n_batch', '16'],
                    env=ENV, check=True, capture_output=True)
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, '-c', _NO_NOISE, *common, '--desc', 'two',
-                               '--n_batch', '8'],
-                              env=dict(ENV, RANK=str(r), WORLD_SIZE='2', LOCAL_RANK=str(r),
-                                       MASTER_ADDR='127.0.0.1', MASTER_PORT=port),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    two = [sys.executable, '-c', _NO_NOISE, *common, '--desc', 'two', '--n_batch', '8']
+    if launcher == 'torchrun':            # the variables torchrun sets, without its agent
+        port = str(_free_port())
+        procs = [subprocess.Popen(two, env=dict(ENV, RANK=str(r), WORLD_SIZE='2', LOCAL_RANK=str(r),
+                                                MASTER_ADDR='127.0.0.1', MASTER_PORT=port),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    else:
+        mpiexec = Path(sys.executable).with_name('mpiexec')
+        if not mpiexec.exists():
+            pytest.skip('mpiexec not installed (pip install mpi4py mpich, as .ci/run does)')
+        procs = [subprocess.Popen([str(mpiexec), '-n', '2', *two, '--port', str(_free_port())],
+                                  env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]

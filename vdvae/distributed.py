@@ -63,7 +63,7 @@ def all_reduce_mean(stats, device):
     """Average a dict of floats over ranks in one collective (identity for one process)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return dict(stats)
-    keys = sorted(stats)
+    keys = list(stats)          # the same order on every rank: the same code built the dict
     t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     t /= dist.get_world_size()
