@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vdvae.checkpoint import (CheckpointError, load_file, recover_checkpoint_set, restore_optimizer,
                               restore_params, save_checkpoint_set)
 from vdvae.data import set_up_data
-from vdvae.distributed import all_reduce_mean, barrier, cleanup, setup_distributed
+from vdvae.distributed import all_reduce_mean, broadcast_from_main, cleanup, setup_distributed
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
 from vdvae.images import write_images
@@ -176,9 +176,15 @@ def main(argv=None):
 def train(H):
     d = setup_distributed(H.port, H.device)
     run_dir = os.path.join(H.save_dir, H.desc)
+    problem = None
     if d.is_main:
-        prepare_run_dir(H, run_dir)
-    barrier()                                       # other ranks wait for the checks
+        try:
+            prepare_run_dir(H, run_dir)
+        except (ValueError, OSError) as e:
+            problem = str(e)
+    problem = broadcast_from_main(problem)          # every rank stops, none waits forever
+    if problem:
+        raise ValueError(problem)
     H, data_train, data_eval, preprocess_fn = set_up_data(H)
     logprint = Logger(run_dir, enabled=d.is_main)
     H.update(mpi_size=d.world_size, rank=d.rank, local_rank=d.local_rank, logdir=run_dir)

@@ -79,9 +79,13 @@ def all_reduce_sum(values, device):
     return t.tolist()
 
 
-def barrier():
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def broadcast_from_main(obj):
+    """Rank 0's `obj` on every rank (a barrier as well)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def cleanup():
