@@ -39,7 +39,7 @@ from vdvae.train_helpers import build_optimizer, training_step
 from vdvae.vae import VAE
 
 # A skipped first update is normal here (NaN batch, huge gradient); torch would warn about it.
-warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step()` before')
+warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step')
 
 # Keys that fix the architecture: a resumed run must not change them.
 ARCHITECTURE_KEYS = ('dataset', 'image_size', 'image_channels', 'enc_blocks', 'dec_blocks', 'width',
