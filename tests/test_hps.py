@@ -120,6 +120,7 @@ def test_plugin_presets_of_the_paper_are_registered():
     """hps_overrides registers A.1's presets through the vdvae.plugins entry point."""
     H = get_hparams('svhn')
     assert (H.dataset, H.image_size, H.n_batch, H.skip_threshold) == ('svhn', 32, 12, 500.0)
+    assert (H.width, H.zdim, H.lr, H.ema_rate, H.warmup_iters) == (384, 16, 2e-4, 0.9999, 0)
     H = get_hparams('celeba64')
     assert (H.image_size, H.n_batch) == (64, 6) and H.dec_blocks.endswith('64m32,64x5')
     assert get_hparams('lsun64').dataset == 'lsun_bedroom64'
