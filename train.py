@@ -34,9 +34,9 @@ from vdvae.distributed import all_reduce_mean, broadcast_from_main, cleanup, set
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
 from vdvae.images import write_images
+from vdvae.models import build_model
 from vdvae.logger import Logger, read_jsonl
 from vdvae.train_helpers import build_optimizer, training_step
-from vdvae.vae import VAE
 
 # A skipped first update is normal here (NaN batch, huge gradient); torch would warn about it.
 warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step')
@@ -199,7 +199,7 @@ def train(H):
     torch.manual_seed(H.seed)
     np.random.seed(H.seed)
     random.seed(H.seed)
-    vae, ema_vae = VAE(H), VAE(H)
+    vae, ema_vae = build_model(H), build_model(H)
     if H.restore_path:
         restore_params(vae, H.restore_path)
     if H.restore_ema_path:
@@ -239,6 +239,12 @@ def train(H):
             steps = [r for r in read_jsonl(H.restore_log_path) if r.get('type') == 'train_loss']
             if steps:
                 progress.update(epoch=max(r['epoch'] for r in steps), step=max(r['step'] for r in steps))
+    if hasattr(vae, 'calibrate') and progress['step'] == 0 and not H.test_eval:
+        # before the per-rank seeds, so that every rank measures the same (e.g. gamma = R_K)
+        vae.calibrate(data_eval, preprocess_fn, d.device, logprint)
+        with torch.no_grad():
+            for ema_buffer, buffer in zip(ema_vae.buffers(), vae.buffers()):
+                ema_buffer.copy_(buffer)
     if rngs is not None and len(rngs) == d.world_size:
         set_rng_state(rngs[d.rank])
     else:
@@ -246,8 +252,10 @@ def train(H):
 
     model = vae
     if d.world_size > 1:
-        model = DistributedDataParallel(vae, device_ids=[d.local_rank] if d.device.type == 'cuda' else None,
-                                        gradient_as_bucket_view=True)
+        model = DistributedDataParallel(
+            vae, device_ids=[d.local_rank] if d.device.type == 'cuda' else None,
+            gradient_as_bucket_view=True,
+            find_unused_parameters=getattr(vae, 'has_unused_parameters', False))
     if H.compile:
         model = torch.compile(model)
 
@@ -257,7 +265,7 @@ def train(H):
         return 0
 
     viz_items = load_batch(data_eval, range(min(H.num_images_visualize, len(data_eval))))
-    viz_in, _ = preprocess_fn(viz_items, d.device)
+    viz_in, viz_target = preprocess_fn(viz_items, d.device)
     window = deque(maxlen=H.iters_per_print)
     start_step = progress['step']
     done = lambda: progress['epoch'] >= H.num_epochs or (
@@ -272,6 +280,8 @@ def train(H):
             stats = training_step(H, x_in, x_target, model, ema_vae, optimizer, scaler=scaler,
                                   autocast=autocast, reduce_stats=lambda s: all_reduce_mean(s, d.device))
             scheduler.step()
+            if not stats['skipped_updates'] and hasattr(vae, 'after_update'):
+                vae.after_update(stats)             # e.g. the Lagrange multiplier's step
             window.append(stats)
             progress['consecutive_skips'] = progress['consecutive_skips'] + 1 if stats['skipped_updates'] else 0
             progress['step'] += 1
@@ -292,9 +302,9 @@ def train(H):
                     step - start_step in EARLY_LOG_STEPS and H.dataset != 'ffhq_1024')):
                 # on a fork of the RNG: pictures (also those after a restart) must not change training
                 with torch.random.fork_rng(devices=[d.device] if d.device.type == 'cuda' else []):
-                    write_images(H, ema_vae, viz_items, viz_in,
+                    write_images(H, ema_vae, viz_items, viz_in, viz_target,
                                  os.path.join(run_dir, f'samples-{step}.png'))
-            save_latest = step % H.iters_per_save == 0 and math.isfinite(stats['elbo'])
+            save_latest = step % H.iters_per_save == 0 and math.isfinite(stats.get('loss', stats.get('elbo')))
             save_numbered = step % H.iters_per_ckpt == 0
             if save_latest or save_numbered:
                 rngs_now = gather_rng_states(d.world_size)

@@ -29,27 +29,31 @@ def load_batch(dataset, indices):
 
 @torch.no_grad()
 def evaluate(H, model, dataset, preprocess_fn, device, rank=0, world_size=1, autocast=None):
-    """Mean per-example ELBO, distortion and rate over `dataset` (one posterior sample each)."""
+    """Per-example means over `dataset` (one posterior sample each) of every scalar the model
+    returns: for a VDVAE `elbo`, `distortion`, `rate` in nats/dim, plus `elbo_bits_per_dim` and
+    `elbo_filtered` (the mean over batches whose elbo is finite, as upstream logs it)."""
     model.eval()
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0]             # elbo, distortion, rate, count, finite count
-    finite_elbo = 0.0
+    sums, count, finite_elbo, finite_count = {}, 0, 0.0, 0
     for indices in split_batches(len(dataset), H.n_batch, rank, world_size):
         x_in, x_target = preprocess_fn(load_batch(dataset, indices), device)
         with (autocast or nullcontext)():
             stats = model(x_in, x_target)
         n = x_in.shape[0]
-        values = [stats[k].item() * n for k in ('elbo', 'distortion', 'rate')]
-        sums[0:3] = [s + v for s, v in zip(sums[0:3], values)]
-        sums[3] += n
-        if math.isfinite(values[0]):
-            finite_elbo += values[0]
-            sums[4] += n
-    total = all_reduce_sum(sums + [finite_elbo], device)
-    n = total[3]
+        for key, value in stats.items():
+            if torch.is_tensor(value) and value.numel() == 1:
+                sums[key] = sums.get(key, 0.0) + value.item() * n
+        count += n
+        if 'elbo' in stats and math.isfinite(stats['elbo'].item()):
+            finite_elbo += stats['elbo'].item() * n
+            finite_count += n
+    keys = sorted(sums)
+    totals = all_reduce_sum([sums[k] for k in keys] + [count, finite_elbo, finite_count], device)
+    n = totals[len(keys)]
     if n != len(dataset):
         raise RuntimeError(f'evaluated {n} examples, expected {len(dataset)}')
-    out = dict(n_examples=int(n), elbo=total[0] / n, distortion=total[1] / n, rate=total[2] / n,
-               elbo_filtered=total[5] / total[4] if total[4] else float('nan'))
-    out['elbo_bits_per_dim'] = out['elbo'] / math.log(2)
+    out = dict(n_examples=int(n), **{k: totals[i] / n for i, k in enumerate(keys)})
+    if 'elbo' in out:
+        out['elbo_filtered'] = totals[-2] / totals[-1] if totals[-1] else float('nan')
+        out['elbo_bits_per_dim'] = out['elbo'] / math.log(2)
     model.train()
     return out

@@ -213,6 +213,7 @@ def add_vae_arguments(parser):
     a('--channels_last', action='store_true', help='channels-last memory format (faster convs)')
     a('--compile', action='store_true', help='torch.compile the model')
     a('--device', type=str, default=None, help=_d('torch device; None: cuda:LOCAL_RANK or cpu'))
+    a('--model', type=str, default='vdvae', help=_d('network to train (vdvae.models.MODELS)'))
     for add_arguments in EXTRA_ARGUMENTS:
         add_arguments(parser)
     return parser

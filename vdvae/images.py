@@ -36,11 +36,14 @@ def write_image(path, image):
 
 
 @torch.no_grad()
-def write_images(H, ema_model, originals, x_in, path):
+def write_images(H, ema_model, originals, x_in, x_target, path):
     """Upstream's sample grid: a row of originals; rows of reconstructions from the first k
     posterior latents (the rest from the prior at t = 0.1) for evenly spaced k; rows of prior
     samples at t = 1.0, 0.9, 0.8, 0.7 (the first `num_temperatures_visualize`)."""
     n = originals.shape[0]
+    if hasattr(ema_model, 'visualize'):                 # models of extensions lay out their own
+        write_image(path, tile_images(np.concatenate(ema_model.visualize(originals, x_in, x_target)), n))
+        return
     rows = [np.asarray(originals.cpu(), dtype=np.uint8)]
     zs = [s['z'] for s in ema_model.forward_get_latents(x_in)]
     cuts = np.floor(np.linspace(0, 1, H.num_variables_visualize + 2) * len(zs)).astype(int)[1:-1]

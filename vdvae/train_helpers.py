@@ -27,9 +27,11 @@ def build_optimizer(H, model):
     if H.warmup_iters < 0:
         raise ValueError(f'warmup_iters must be >= 0 (0: no warm-up), got {H.warmup_iters}')
     # torch's fused AdamW: the same update rule as the foreach/for-loop versions, on CPU or CUDA
-    devices = {p.device.type for p in model.parameters()}
+    # Only trainable parameters: frozen ones (a progressive stage 1) get no weight decay either.
+    params = [p for p in model.parameters() if p.requires_grad]
+    devices = {p.device.type for p in params}
     fused = len(devices) == 1 and devices <= {'cpu', 'cuda'}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=H.lr, betas=(H.adam_beta1, H.adam_beta2),
+    optimizer = torch.optim.AdamW(params, lr=H.lr, betas=(H.adam_beta1, H.adam_beta2),
                                   eps=1e-8, weight_decay=H.wd, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda=lambda it: warmup_factor(it, H.warmup_iters))
@@ -38,10 +40,12 @@ def build_optimizer(H, model):
 
 @torch.no_grad()
 def update_ema(model, ema_model, ema_rate):
-    """ema <- ema * rate + p * (1 - rate), for all parameters at once (same arithmetic as
-    upstream's per-parameter loop)."""
-    ema_params = list(ema_model.parameters())
-    params = [p.detach() for p in model.parameters()]
+    """ema <- ema * rate + p * (1 - rate), for all trainable parameters at once (same arithmetic
+    as upstream's per-parameter loop). Frozen parameters are left alone: averaging a constant
+    could still move it by a rounding error."""
+    pairs = [(e, p.detach()) for e, p in zip(ema_model.parameters(), model.parameters())
+             if p.requires_grad]
+    ema_params, params = [e for e, _ in pairs], [p for _, p in pairs]
     torch._foreach_mul_(ema_params, ema_rate)
     torch._foreach_add_(ema_params, torch._foreach_mul(params, 1.0 - ema_rate))
 

@@ -13,8 +13,18 @@ from torch.nn import functional as F
 
 from .block_strings import check_architecture
 from .hps import with_defaults
-from .vae_helpers import (DmolNet, draw_gaussian_diag_samples, gaussian_analytical_kl, get_1x1,
-                          get_3x3, pad_channels)
+from .vae_helpers import (DmolNet, draw_gaussian_diag_samples, full_precision,
+                          gaussian_analytical_kl, get_1x1, get_3x3, pad_channels)
+
+
+def memory_format_of(t):
+    """torch.channels_last if the 4-d tensor `t` is laid out channels-last (and not also plainly
+    contiguous), else torch.contiguous_format. The model keeps the layout its weights were given:
+    `model.to(memory_format=torch.channels_last)` runs it channels-last (see BENCHMARKS.md), and
+    the tensors it makes itself follow that layout so that operations never mix the two."""
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class Block(nn.Module):
@@ -60,7 +70,8 @@ class Encoder(nn.Module):
             block.c4.weight.data *= scale
 
     def forward(self, x):
-        x = x.permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(self.in_conv))
+        # NHWC -> NCHW, stored channels-last if the model is (the first conv's weight tells)
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format_of(self.in_conv.weight))
         x = self.in_conv(x)
         activations = {x.shape[2]: x}
         for block in self.enc_blocks:
@@ -70,13 +81,6 @@ class Encoder(nn.Module):
                 x = pad_channels(x, self.widths[res])
             activations[res] = x
         return activations
-
-
-def _memory_format(conv):
-    w = conv.weight
-    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _temperature(t, i):
@@ -116,7 +120,8 @@ class DecBlock(nn.Module):
         """The running decoder state at this resolution, with the lower resolution mixed in."""
         x = xs[self.base] if self.base in xs else torch.zeros_like(like)
         if x.shape[0] != batch:
-            x = x.repeat(batch, 1, 1, 1).contiguous(memory_format=_memory_format(self.z_proj))
+            # learned bias_xs have batch 1; repeat() gives a contiguous tensor: use like's layout
+            x = x.repeat(batch, 1, 1, 1).contiguous(memory_format=memory_format_of(like))
         if self.mixin is not None:
             x = x + F.interpolate(xs[self.mixin][:, :x.shape[1], ...],
                                   scale_factor=self.base // self.mixin)
@@ -124,7 +129,9 @@ class DecBlock(nn.Module):
 
     def _prior(self, x):
         feats = self.prior(x)
-        pm, pv, xpp = feats[:, :self.zdim], feats[:, self.zdim:2 * self.zdim], feats[:, 2 * self.zdim:]
+        # split, not three slices: its backward writes one gradient tensor, where each slice's
+        # would allocate a zero tensor of the full width and the three would then be summed
+        pm, pv, xpp = feats.split([self.zdim, self.zdim, feats.shape[1] - 2 * self.zdim], dim=1)
         return pm, pv, x + xpp
 
     def _update(self, xs, x, z):
@@ -139,7 +146,8 @@ class DecBlock(nn.Module):
         qm, qv = self.enc(torch.cat([x, acts], dim=1)).chunk(2, dim=1)
         pm, pv, x = self._prior(x)
         z = draw_gaussian_diag_samples(qm, qv)
-        kl = gaussian_analytical_kl(qm, pm, qv, pv)
+        # in float32 also under bf16/fp16 autocast
+        kl = gaussian_analytical_kl(*map(full_precision, (qm, pm, qv, pv)))
         xs = self._update(xs, x, z)
         return xs, (dict(kl=kl, z=z.detach()) if get_latents else dict(kl=kl))
 
@@ -147,8 +155,9 @@ class DecBlock(nn.Module):
         """Prior path: z ~ p(z | z_<) with std scaled by temperature t, or z = lvs if given."""
         some = next(iter(xs.values()))
         width = self.resnet.c1.in_channels
-        x = self._state(xs, some.shape[0], some.new_zeros(
-            (some.shape[0], width, self.base, self.base)))
+        like = some.new_zeros((some.shape[0], width, self.base, self.base))
+        x = self._state(xs, some.shape[0],
+                        like.contiguous(memory_format=memory_format_of(self.resnet.c2.weight)))
         pm, pv, x = self._prior(x)
         if lvs is not None:
             z = lvs
@@ -162,12 +171,15 @@ class DecBlock(nn.Module):
 class Decoder(nn.Module):
     """Top-down decoder: learned initial states `bias_xs`, the DecBlocks, `gain`/`bias`, DMoL head."""
 
+    block_class = DecBlock              # extensions swap in conditional blocks
+
     def __init__(self, H):
         super().__init__()
         self.H = H = with_defaults(H)
         _, dec_layers, self.widths = check_architecture(H)
         self.dec_blocks = nn.ModuleList(
-            DecBlock(H, res, mixin, len(dec_layers), self.widths) for res, mixin in dec_layers)
+            self.block_class(H, res, mixin, len(dec_layers), self.widths)
+            for res, mixin in dec_layers)
         self.resolutions = sorted({res for res, _ in dec_layers})
         self.bias_xs = nn.ParameterList(
             nn.Parameter(torch.zeros(1, self.widths[res], res, res))
@@ -180,7 +192,10 @@ class Decoder(nn.Module):
         return x * self.gain + self.bias
 
     def _initial_states(self, n=None):
-        return {b.shape[2]: (b if n is None else b.repeat(n, 1, 1, 1)) for b in self.bias_xs}
+        if n is None:
+            return {b.shape[2]: b for b in self.bias_xs}
+        return {b.shape[2]: b.repeat(n, 1, 1, 1).contiguous(memory_format=memory_format_of(b))
+                for b in self.bias_xs}
 
     def _empty_guard(self, xs, n):
         # Upstream needs one bias_xs to know the batch; without any, start from zeros instead.

@@ -1,0 +1,191 @@
+"""The masked decoder of Appendix A.2 and the two ways to train it (Section 4.1, Table 1).
+
+`MaskedDecoder`: a VDVAE decoder driven by z_1..z_K only. Its blocks after the first K are given
+z = 0 whatever latents are passed, so z_{K+1..T} carry no information and cost no rate; a mean
+head decodes. It reuses the core's manual-latent mechanism (`DecBlock.forward_uncond(lvs=...)`).
+
+`ProbeVAE` (mode `probe`): the D_K probe. q(z_1..z_K | x) is a trained VDVAE's bottom-up encoder and
+the posterior branches of its first K decoder blocks, frozen; a fresh masked decoder learns to
+minimise the MSE from posterior samples. Reports (R_K, D_K).
+
+`MaskedVAE` (mode `gamma_optimal`): the trained encoder with a masked decoder (initialised from the
+trained decoder unless `--masked_init fresh`), trained jointly - q, the prior of z_1..z_K and the
+decoder - to minimise D subject to R_K <= gamma (default gamma: the trained model's R_K). Reports
+(R'_K, lambda*).
+"""
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from vdvae.checkpoint import restore_params
+from vdvae.evaluation import load_batch, split_batches
+from vdvae.vae import VAE, Decoder, Encoder, _temperature
+from vdvae.vae_helpers import to_uint8
+
+from .lagrangian import LagrangianObjective
+from .latent_groups import progressive_blocks
+from .mean_head import MeanHead
+from .stage1 import multiplier_kwargs, with_psnr
+
+
+class MaskedDecoder(Decoder):
+    """Decoder whose latents after the first `n_visible` blocks are fixed to zero (A.2)."""
+
+    def __init__(self, H, n_visible):
+        super().__init__(H)
+        self.n_visible = n_visible
+        self.out_net = MeanHead(self.H)
+
+    def _mask(self, xs, i, block):
+        batch = next(iter(xs.values())).shape[0]
+        z = self.gain.new_zeros((batch, self.H.zdim, block.base, block.base))
+        return block.forward_uncond(xs, lvs=z)
+
+    def forward(self, activations, get_latents=False):
+        """Posterior for z_1..z_K, zeros after. Returns (px_z, stats of the first K blocks)."""
+        xs = self._initial_states()
+        stats = []
+        for i, block in enumerate(self.dec_blocks):
+            if i < self.n_visible:
+                xs, block_stats = block(xs, activations, get_latents=get_latents)
+                stats.append(block_stats)
+            else:
+                xs = self._mask(xs, i, block)
+        return self.final_fn(xs[self.H.image_size]), stats
+
+    def forward_manual_latents(self, n, latents, t=None):
+        """z_1..z_k from `latents` (k <= K), z_{k+1..K} from the prior at t; latents beyond K ignored."""
+        xs = self._empty_guard(self._initial_states(n), n)
+        for i, block in enumerate(self.dec_blocks):
+            if i < min(len(latents), self.n_visible):
+                xs = block.forward_uncond(xs, lvs=latents[i])
+            elif i < self.n_visible:
+                xs = block.forward_uncond(xs, _temperature(t, i))
+            else:
+                xs = self._mask(xs, i, block)
+        return self.final_fn(xs[self.H.image_size])
+
+    def forward_uncond(self, n, t=None, y=None):
+        return self.forward_manual_latents(n, [], t)
+
+
+def load_trained_vdvae(H):
+    """The trained VDVAE of `--encoder_path` (ours or upstream's files), frozen."""
+    if not H.get('encoder_path'):
+        raise ValueError('the masked decoder needs the trained VDVAE: pass --encoder_path '
+                         'CKPT (a *-model-ema.th or *-model.th of the --hps architecture)')
+    from vdvae.hps import Hyperparams
+    trained = VAE(Hyperparams(H))
+    restore_params(trained, H.encoder_path)
+    return trained
+
+
+@torch.no_grad()
+def measure_rate_k(model_rate_k, dataset, preprocess_fn, device, n_batch):
+    """Mean R_K (nats/dim) over a split, from a function x_in -> per-example R_K."""
+    total, n = 0.0, 0
+    for indices in split_batches(len(dataset), n_batch):
+        x_in, _ = preprocess_fn(load_batch(dataset, indices), device)
+        total += model_rate_k(x_in).sum().item()
+        n += x_in.shape[0]
+    return total / n
+
+
+def posterior_rate_k(encoder, decoder, k, x):
+    """(z_1..z_K, per-example R_K in nats/dim) under the posterior of encoder + decoder's first K
+    blocks."""
+    activations = encoder(x)
+    xs = decoder._initial_states()
+    zs, kl = [], 0
+    for block in decoder.dec_blocks[:k]:
+        xs, stats = block(xs, activations, get_latents=True)
+        zs.append(stats['z'])
+        kl = kl + stats['kl'].sum(dim=(1, 2, 3))
+    return zs, kl / math.prod(x.shape[1:])
+
+
+class ProbeVAE(nn.Module):
+    """D_K probe: frozen trained q(z_1..z_K | x), fresh masked decoder trained on MSE."""
+
+    has_unused_parameters = True                # the masked decoder's posterior branches
+
+    def __init__(self, H):
+        super().__init__()
+        trained = load_trained_vdvae(H)
+        self.H = trained.H
+        self.k = progressive_blocks(self.H)
+        self.encoder, self.trained_decoder = trained.encoder, trained.decoder
+        self.encoder.requires_grad_(False)
+        self.trained_decoder.requires_grad_(False)
+        self.decoder = MaskedDecoder(self.H, self.k)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.encoder.eval()
+        self.trained_decoder.eval()
+        return self
+
+    def forward(self, x, x_target):
+        """-> {'loss' (= MSE), 'distortion' (D_K), 'rate' (R_K of the frozen q)}."""
+        with torch.no_grad():
+            zs, rate_k = posterior_rate_k(self.encoder, self.trained_decoder, self.k, x)
+        px_z = self.decoder.forward_manual_latents(x.shape[0], zs)
+        distortion = self.decoder.out_net.distortion(px_z, x_target).mean()
+        return with_psnr(dict(loss=distortion, distortion=distortion, rate=rate_k.mean()))
+
+    def reconstruct(self, x):
+        zs, _ = posterior_rate_k(self.encoder, self.trained_decoder, self.k, x)
+        return self.decoder.out_net(self.decoder.forward_manual_latents(x.shape[0], zs))
+
+    @torch.no_grad()
+    def visualize(self, originals, x_in, x_target):
+        """Rows: originals, then the masked decoder's reconstructions from z_1..z_K."""
+        recon = to_uint8(torch.clamp(self.reconstruct(x_in), -1, 1))
+        return [np.asarray(originals.cpu(), dtype=np.uint8), recon]
+
+
+class MaskedVAE(VAE):
+    """gamma-optimal: encoder + masked decoder, minimise D subject to R_K <= gamma."""
+
+    has_unused_parameters = True                # posterior branches of the masked blocks
+
+    def __init__(self, H):
+        nn.Module.__init__(self)
+        if H.rate_target is not None and not H.rate_target > 0:
+            raise ValueError(f'--rate_target must be a positive number of nats/dim, got '
+                             f'{H.rate_target} (omit it to use the trained model\'s R_K)')
+        trained = load_trained_vdvae(H)
+        self.H = trained.H
+        self.k = progressive_blocks(self.H)
+        self.encoder = Encoder(self.H)
+        self.decoder = MaskedDecoder(self.H, self.k)
+        self.encoder.load_state_dict(trained.encoder.state_dict())
+        if H.masked_init == 'trained':
+            own = {k: v for k, v in trained.decoder.state_dict().items() if 'out_net' not in k}
+            self.decoder.load_state_dict(own, strict=False)
+        self.objective = LagrangianObjective('rate', H.rate_target or 1.0, **multiplier_kwargs(H))
+        self.rate_target_given = bool(H.rate_target)
+
+    def calibrate(self, dataset, preprocess_fn, device, logprint):
+        """gamma = R_K of the trained model over `dataset`, unless --rate_target was given."""
+        if self.rate_target_given or int(self.objective.multiplier.steps) > 0:
+            return
+        trained = load_trained_vdvae(self.H).to(device).eval()
+        gamma = measure_rate_k(lambda x: posterior_rate_k(trained.encoder, trained.decoder,
+                                                          self.k, x)[1],
+                               dataset, preprocess_fn, device, self.H.n_batch)
+        self.objective.multiplier.set_target(gamma)
+        logprint(f'rate target gamma = R_K of the trained model = {gamma:.6f} nats/dim '
+                 f'(first {self.k} latent layers)')
+
+    def forward(self, x, x_target):
+        """-> {'loss', 'rate' (R'_K), 'distortion' (MSE), 'eta', 'constraint_violation'}."""
+        px_z, stats = self.decoder(self.encoder(x))
+        distortion = self.decoder.out_net.distortion(px_z, x_target).mean()
+        rate = sum(s['kl'].sum(dim=(1, 2, 3)) for s in stats).mean() / math.prod(x.shape[1:])
+        return with_psnr(self.objective(rate, distortion))
+
+    def after_update(self, stats):
+        self.objective.lagrangian_step(stats)

@@ -1,0 +1,51 @@
+"""progcode's flags and models, registered into the VDVAE core (loaded by hps_overrides)."""
+from vdvae.hps import register_arguments
+from vdvae.models import register_model
+
+
+def _d(text):
+    return text + ' (default: %(default)s)'
+
+
+@register_arguments
+def add_progcode_arguments(parser):
+    a = parser.add_argument
+    a('--distortion_target', type=float, default=0.0032,
+      help=_d('stage 1: lambda, the MSE target on the [-1,1] scale (lambda-optimal training)'))
+    a('--rate_target', type=float, default=None,
+      help=_d('masked gamma_optimal: gamma, the R_K target in nats/dim; None: the trained R_K'))
+    a('--progressive_res', type=int, default=None,
+      help=_d('z_1..z_K = decoder blocks at resolution <= this; None: image size / 8'))
+    a('--eta_init', type=float, default=0.9999, help=_d('Lagrange multiplier eta at the start'))
+    a('--eta_lr', type=float, default=2e-4, help=_d("eta's Adam learning rate"))
+    a('--eta_ema_rate', type=float, default=0.99, help=_d('moving average of eta'))
+    a('--stage1_path', type=str, default=None,
+      help=_d('stage 2 (progressive): the stage-1 run folder or checkpoint'))
+    a('--training', choices=('progressive', 'conventional'), default='progressive',
+      help=_d('two_stage: stage 1 frozen (progressive) or both by the joint ELBO'))
+    a('--encoder_path', type=str, default=None,
+      help=_d('masked: the trained VDVAE checkpoint (ours or upstream official)'))
+    a('--mode', choices=('probe', 'gamma_optimal'), default='probe',
+      help=_d('masked: D_K probe (frozen q, fresh decoder) or gamma-optimal joint training'))
+    a('--masked_init', choices=('trained', 'fresh'), default='trained',
+      help=_d('masked gamma_optimal: start the masked decoder from the trained decoder or fresh'))
+
+
+def _build_masked(H):
+    from .masked import MaskedVAE, ProbeVAE
+    return ProbeVAE(H) if H.mode == 'probe' else MaskedVAE(H)
+
+
+def _build_stage1(H):
+    from .stage1 import Stage1VAE
+    return Stage1VAE(H)
+
+
+def _build_two_stage(H):
+    from .two_stage import TwoStageHVAE
+    return TwoStageHVAE(H)
+
+
+register_model('stage1', _build_stage1)
+register_model('two_stage', _build_two_stage)
+register_model('masked', _build_masked)
