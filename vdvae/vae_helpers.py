@@ -35,6 +35,12 @@ def get_1x1(in_dim, out_dim, zero_bias=True, zero_weights=False):
     return get_conv(in_dim, out_dim, 1, 1, 0, zero_bias, zero_weights)
 
 
+def full_precision(t):
+    """`t` as float32 if it is a 16-bit float (as convolutions return under autocast), else `t`
+    itself (float32 and float64 pass through untouched)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def pad_channels(t, width):
     """Zero-pad the channel axis of an NCHW tensor up to `width`."""
     return F.pad(t, (0, 0, 0, 0, 0, width - t.shape[1]))
@@ -50,6 +56,8 @@ def gaussian_analytical_kl(mu1, mu2, logsigma1, logsigma2):
 
 
 def draw_gaussian_diag_samples(mu, logsigma):
+    # A fresh NCHW-contiguous eps (not empty_like, which copies mu's layout): normal_ fills memory
+    # in order, so this keeps the seeded draws the same for a channels-last model.
     eps = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device).normal_(0.0, 1.0)
     return torch.exp(logsigma) * eps + mu
 
@@ -175,8 +183,10 @@ class DmolNet(nn.Module):
         return self.out_conv(px_z).permute(0, 2, 3, 1)
 
     def nll(self, px_z, x):
-        """Negative log-likelihood of NHWC targets `x`, nats per dimension, shape (B,)."""
-        return discretized_mix_logistic_loss(x, self.forward(px_z), low_bit=uses_low_bit(self.H))
+        """Negative log-likelihood of NHWC targets `x`, nats per dimension, shape (B,); in float32
+        also under bf16/fp16 autocast."""
+        return discretized_mix_logistic_loss(x, full_precision(self.forward(px_z)),
+                                             low_bit=uses_low_bit(self.H))
 
     def sample(self, px_z):
         """A NumPy uint8 NHWC sample of p(x | px_z)."""
