@@ -3,7 +3,7 @@ gamma-optimal), stage 2, the two-stage HVAE (progressive and conventional), and 
 import pytest
 import torch
 
-import train
+from vdvae import train
 from progcode_ext.latent_groups import progressive_blocks
 from progcode_ext.masked import MaskedDecoder
 from progcode_ext.stage2 import ConditionalVAE

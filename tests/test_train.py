@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
+from vdvae import train
 from vdvae.logger import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def _free_port():
 
 # Posterior noise off (z = posterior mean), so that one process with batch 2B and two processes
 # with batch B each compute the same thing; everything else is the real train.py.
-_NO_NOISE = ('import sys, train, vdvae.vae; '
+_NO_NOISE = ('import sys, vdvae.vae; from vdvae import train; '
              'vdvae.vae.draw_gaussian_diag_samples = lambda mu, logsigma: mu; '
              'sys.exit(train.main(sys.argv[1:]))')
 
