@@ -214,6 +214,7 @@ def add_vae_arguments(parser):
     a('--compile', action='store_true', help='torch.compile the model')
     a('--device', type=str, default=None, help=_d('torch device; None: cuda:LOCAL_RANK or cpu'))
     a('--model', type=str, default='vdvae', help=_d('network to train (vdvae.models.MODELS)'))
+    a('--quiet', action='store_true', help='log to files only (log.txt, log.jsonl), not stdout')
     for add_arguments in EXTRA_ARGUMENTS:
         add_arguments(parser)
     return parser

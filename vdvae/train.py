@@ -186,7 +186,7 @@ def train(H):
     if problem:
         raise ValueError(problem)
     H, data_train, data_eval, preprocess_fn = set_up_data(H)
-    logprint = Logger(run_dir, enabled=d.is_main)
+    logprint = Logger(run_dir, enabled=d.is_main, echo=not H.quiet)
     H.update(mpi_size=d.world_size, rank=d.rank, local_rank=d.local_rank, logdir=run_dir)
     if d.is_main:
         with open(os.path.join(run_dir, 'hparams.json'), 'w') as f:
@@ -270,7 +270,8 @@ def train(H):
     start_step = progress['step']
     done = lambda: progress['epoch'] >= H.num_epochs or (
         H.num_iters is not None and progress['step'] >= H.num_iters)
-    bar = tqdm(total=H.num_iters, initial=start_step, disable=not (d.is_main and sys.stdout.isatty()))
+    bar = tqdm(total=H.num_iters, initial=start_step,
+               disable=not (d.is_main and sys.stdout.isatty()) or H.quiet)
     while not done():
         batches = epoch_batches(len(data_train), H.n_batch, H.seed, progress['epoch'], d.rank, d.world_size)
         for indices in batches[progress['batch']:]:

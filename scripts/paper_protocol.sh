@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The paper's whole protocol for one dataset at paper scale (Shu & Ermon 2022, Sections 4-6, Appendix A):
+#   Table 1 (conventional VDVAE 800K steps; D_K probe and gamma-optimal masked decoder 400K steps each),
+#   Figure 2 (stage-1 models for lambda = 0.0512 ... 0.0008, 800K steps each), Figure 4 (LPIPS vs MSE on
+#   those models), Table 2 (progressive vs conventional two-stage HVAE, 800K steps per stage, FID on 50K samples).
+# Called by scripts/{svhn,celeba64,lsun64}.sh. Re-running resumes: finished stages are never re-run.
+#
+# Environment:
+#   DATA_ROOT   where scripts/setup_<dataset>.sh put the data (required)
+#   OUT         output folder (default experiments/<preset>)
+#   NGPU        GPUs per stage (default 1); LAUNCHER torchrun (default) or mpiexec when NGPU > 1
+#   FID_WEIGHTS, LPIPS_WEIGHTS   local weight files where the machine cannot download them
+#   STEPS, PROBE_STEPS           override 800000 / 400000 (e.g. for a shorter trial)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PRESET=${1:?usage: scripts/paper_protocol.sh PRESET (svhn, celeba64 or lsun64)}
+: "${DATA_ROOT:?set DATA_ROOT (run scripts/setup_<dataset>.sh DATA_ROOT first)}"
+OUT=${OUT:-experiments/$PRESET}
+NGPU=${NGPU:-1}
+STEPS=${STEPS:-800000}
+PROBE_STEPS=${PROBE_STEPS:-400000}
+if [ "$NGPU" -gt 1 ]; then
+  case "${LAUNCHER:-torchrun}" in
+    torchrun) export LAUNCH="torchrun --nproc_per_node $NGPU" ;;
+    mpiexec) export LAUNCH="mpiexec -n $NGPU" ;;
+    *) echo "LAUNCHER must be torchrun or mpiexec" >&2; exit 2 ;;
+  esac
+fi
+common=(--hps "$PRESET" --out "$OUT" --steps "$STEPS" "--train_flags=--data_root $DATA_ROOT")
+fid=(); [ -n "${FID_WEIGHTS:-}" ] && fid=(--fid_weights "$FID_WEIGHTS")
+lpips=(); [ -n "${LPIPS_WEIGHTS:-}" ] && lpips=(--lpips_weights "$LPIPS_WEIGHTS")
+
+python -m progcode_ext.experiments.table1 "${common[@]}" --probe_steps "$PROBE_STEPS"
+python -m progcode_ext.experiments.rd_curve "${common[@]}"
+python -m progcode_ext.experiments.lpips_vs_mse "${common[@]}" "${lpips[@]}"
+python -m progcode_ext.experiments.table2 "${common[@]}" --n_samples 50000 "${fid[@]}"
+echo "reports: $OUT/{table1,rd_curve,lpips_vs_mse,table2}/report.md"
