@@ -37,8 +37,9 @@ def run(cfg):
         recon = reconstructions(model, x_in, x_target)
         mse = ((recon.float() - x_target) ** 2).flatten(1).mean(1).cpu().numpy()
         name, dist = perceptual_distance(as_uint8(recon), images, H.dataset,
-                                         lpips_weights=cfg.lpips_weights, net=cfg.lpips_net,
+                                         lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
                                          allow_standin=cfg.allow_standin, device=device,
+                                         data_root=H.data_root, logprint=say,
                                          cache_dir=os.path.join(cfg.out, 'metric-cache'))
         rows.append(dict(target=t, mse=float(mse.mean()), perceptual=float(np.mean(dist))))
         say(f"lpips_vs_mse: target {t:g}: MSE {rows[-1]['mse']:.5f}, {name} {rows[-1]['perceptual']:.4f}")

@@ -19,7 +19,6 @@ from ..metrics import sample_quality
 from .common import (default_device, evaluate_run, grid, load_run, parse, plot, run_main, say,
                      train_stage, write_results)
 from vdvae.data import load_splits
-from vdvae.evaluation import load_batch
 from vdvae.hps import get_hparams
 
 
@@ -63,10 +62,11 @@ def run(cfg):
         H, model, _, _ = load_run(run_dir, device)
         torch.manual_seed(0)
         x_hat, samples = draw_samples(model, cfg.n_samples, cfg.sample_batch)
-        reference = load_splits(H.dataset, H.data_root)['test']
-        reference = load_batch(reference, range(min(cfg.n_samples, len(reference)))).numpy()
-        metric, value = sample_quality(samples, reference, H.dataset, fid_weights=cfg.fid_weights,
-                                       allow_standin=cfg.allow_standin, device=device,
+        metric, value = sample_quality(samples, load_splits(H.dataset, H.data_root)['test'],
+                                       H.dataset, fid_weights=cfg.fid_weights,
+                                       allow_standin=cfg.allow_standin, reference_split='test',
+                                       n_reference=cfg.n_samples, data_root=H.data_root,
+                                       device=device, logprint=say,
                                        cache_dir=os.path.join(cfg.out, 'metric-cache'))
         grid([x_hat[:8], samples[:8], samples[8:16], samples[16:24]],
              os.path.join(folder, f'samples-{name}.png'))

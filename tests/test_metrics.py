@@ -1,0 +1,517 @@
+"""Metrics (issue 5): Frechet distance against closed forms, the stand-in classifier and its
+FD-/PD- metrics, the FID / LPIPS wiring and their missing-weights messages, the entry points'
+names, rate per latent group and the (R_k, D_k) profile."""
+import math
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from progcode_ext import metrics
+from progcode_ext.latent_groups import progressive_blocks
+from progcode_ext.masked import posterior_rate_k
+from progcode_ext.metrics import MissingWeightsError, inception, lpips_metric, standin
+from progcode_ext.metrics.frechet import RunningGaussianStats, frechet_distance, \
+    frechet_distance_from_features, gaussian_stats
+from progcode_ext.metrics.rd_profile import rate_per_group, rd_profile
+from vdvae import VAE, get_hparams
+from vdvae.data import ImageArray, load_splits, make_preprocess
+from vdvae.evaluation import evaluate
+
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_blas_thread():
+    """As conftest.py does for torch: one BLAS thread (scipy's sqrtm with OpenBLAS spin-waits
+    runs up to 100x slower on shared cores)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api='blas'):
+        yield
+
+
+# ------------------------------------------------------------------------------------------------
+# Frechet distance
+
+
+def closed_form_diag(mu1, s1, mu2, s2):
+    return float(np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2)))
+
+
+def test_frechet_distance_closed_form_diagonal_and_rotated():
+    rng = np.random.RandomState(0)
+    d = 16
+    mu1, mu2 = rng.randn(d), rng.randn(d)
+    s1, s2 = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+    expected = closed_form_diag(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-9)
+    # the same covariances in a rotated basis (S1 S2 then not symmetric): the distance is invariant
+    q, _ = np.linalg.qr(rng.randn(d, d))
+    value = frechet_distance(q @ mu1, q @ np.diag(s1) @ q.T, q @ mu2, q @ np.diag(s2) @ q.T)
+    assert value == pytest.approx(expected, rel=1e-7)
+
+
+def test_frechet_distance_one_dimension():
+    # N(m1, a^2) vs N(m2, b^2): (m1 - m2)^2 + (a - b)^2
+    assert frechet_distance([1.0], [[4.0]], [-2.0], [[0.25]]) == pytest.approx(9 + 1.5 ** 2)
+    assert frechet_distance(np.array([0.5]), np.array([[1.0]]), np.array([0.5]),
+                            np.array([[1.0]])) == pytest.approx(0, abs=1e-12)
+
+
+def test_frechet_distance_symmetric_and_zero_for_identical_stats():
+    rng = np.random.RandomState(1)
+    a, b = rng.randn(500, 8), rng.randn(400, 8) @ rng.randn(8, 8) + 1
+    (mu1, s1), (mu2, s2) = gaussian_stats(a), gaussian_stats(b)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1),
+                                                               rel=1e-8)
+    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-9
+    assert frechet_distance(mu1, s1, mu2, s2) > 1
+
+
+def test_frechet_distance_from_samples_converges():
+    rng = np.random.RandomState(2)
+    d = 4
+    mu1, mu2 = np.zeros(d), np.full(d, 0.5)
+    s1, s2 = np.array([1., 2., .5, 1.]), np.array([2., 1., .5, .25])
+    exact = closed_form_diag(mu1, s1, mu2, s2)
+    errors = []
+    for n in (200, 200_000):
+        x = mu1 + rng.randn(n, d) * np.sqrt(s1)
+        y = mu2 + rng.randn(n, d) * np.sqrt(s2)
+        errors.append(abs(frechet_distance_from_features(x, y) - exact))
+    assert errors[1] < 0.02 * exact and errors[1] < errors[0]
+
+
+def trace_sqrt_reference(s1, s2):
+    """Tr((S1 S2)^(1/2)) = Tr((R S2 R)^(1/2)), R = S1^(1/2): symmetric, by eigenvalues."""
+    w, v = np.linalg.eigh(s1)
+    r = v @ np.diag(np.sqrt(np.clip(w, 0, None))) @ v.T
+    return np.sqrt(np.clip(np.linalg.eigvalsh(r @ s2 @ r), 0, None)).sum()
+
+
+def test_gaussian_stats_and_singular_covariances(monkeypatch):
+    rng = np.random.RandomState(3)
+    feats = rng.randn(50, 6).astype(np.float32)
+    mu, sigma = gaussian_stats(feats)
+    assert mu.dtype == sigma.dtype == np.float64 and sigma.shape == (6, 6)
+    np.testing.assert_allclose(sigma, np.cov(feats.astype(np.float64), rowvar=False))
+    # fewer samples than dimensions: singular covariances, still the right value
+    (m1, s1), (m2, s2) = gaussian_stats(rng.randn(5, 20)), gaussian_stats(rng.randn(5, 20) + 1)
+    exact = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_reference(s1, s2)
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(exact, rel=1e-6)
+    # a square root that is not finite: recomputed with eps * I added, with a warning
+    from progcode_ext.metrics import frechet
+    real_sqrtm, calls = frechet.linalg.sqrtm, []
+
+    def failing_once(a):
+        calls.append(a)
+        return np.full_like(a, np.nan) if len(calls) == 1 else real_sqrtm(a)
+    monkeypatch.setattr(frechet.linalg, 'sqrtm', failing_once)
+    with pytest.warns(RuntimeWarning, match='singular'):
+        value = frechet_distance(m1, s1, m2, s2)
+    assert value == pytest.approx(exact, rel=1e-3)
+    np.testing.assert_allclose(calls[1], (s1 + 1e-6 * np.eye(20)) @ (s2 + 1e-6 * np.eye(20)))
+    with pytest.raises(ValueError, match='different dimensions'):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match='imaginary'):          # not a covariance
+        frechet_distance(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))
+
+
+def test_running_stats_equal_the_stats_of_all_features():
+    rng = np.random.RandomState(4)
+    feats = 1e4 + rng.randn(1003, 7) @ rng.randn(7, 7)        # a large offset: cancellation
+    acc = RunningGaussianStats()
+    for start in range(0, 1003, 100):
+        acc.update(feats[start:start + 100])
+    mu, sigma = acc.stats()
+    mu_all, sigma_all = gaussian_stats(feats)
+    np.testing.assert_allclose(mu, mu_all, rtol=1e-12)
+    np.testing.assert_allclose(sigma, sigma_all, rtol=1e-8, atol=1e-10)
+    assert acc.n == 1003
+
+
+# ------------------------------------------------------------------------------------------------
+# The stand-in classifier (trained once per session, 3 epochs: a few seconds)
+
+
+@pytest.fixture(scope='session')
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('metrics_cache'))
+
+
+@pytest.fixture(scope='session')
+def mnist(cache_dir):
+    splits = load_splits('mnist5k')
+    model, info = standin.load_standin('mnist5k', cache_dir=cache_dir, epochs=3)
+    return splits, model, info
+
+
+def noisy(images, sigma, seed=0):
+    x = torch.as_tensor(np.asarray(images)).float()
+    g = torch.Generator().manual_seed(seed)
+    return (x + sigma * torch.randn(x.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_standin_classifier_is_accurate_and_cached(mnist, cache_dir):
+    splits, model, info = mnist
+    assert info['task'] == 'labels' and info['n_classes'] == 10
+    assert info['test_accuracy'] > 0.8                  # chance: 0.1
+    path = standin.standin_path('mnist5k', cache_dir)
+    assert os.path.basename(path) == f'standin-mnist5k-v{standin.VERSION}.pt'
+    blob = torch.load(path, weights_only=True)
+    assert blob['info']['fingerprint'] == info['fingerprint']
+    standin._LOADED.clear()                             # reload from the file, no retraining
+    again, info2 = standin.load_standin('mnist5k', cache_dir=cache_dir, train_if_missing=False)
+    assert info2 == info
+    assert standin.accuracy(again, splits['test']) == pytest.approx(info['test_accuracy'])
+    assert not any(f.endswith('.tmp') for f in os.listdir(cache_dir))
+
+
+def test_standin_fd_is_zero_for_same_data_and_grows_with_noise(mnist):
+    splits, model, _ = mnist
+    ref = standin.standin_features(model, splits['train'][list(range(1000))])
+    test = splits['test'][list(range(500))]
+    same = frechet_distance_from_features(standin.standin_features(model, test),
+                                          standin.standin_features(model, test))
+    assert abs(same) < 1e-6
+    fds = [frechet_distance_from_features(
+        standin.standin_features(model, noisy(test, s)), ref) for s in (0, 30, 80, 160)]
+    assert all(a < b for a, b in zip(fds, fds[1:])), fds
+    assert fds[-1] > 5 * fds[0]
+
+
+def test_standin_pd_zero_for_identical_and_monotone_in_noise(mnist):
+    splits, model, _ = mnist
+    x = splits['test'][list(range(64))]
+    assert np.all(standin.standin_perceptual_distance(model, x, x) == 0)
+    means = []
+    for s in (10, 40, 100):
+        d = standin.standin_perceptual_distance(model, x, noisy(x, s))
+        assert d.shape == (64,) and np.all(d > 0)
+        means.append(d.mean())
+    assert means[0] < means[1] < means[2]
+
+
+# ------------------------------------------------------------------------------------------------
+# FID and LPIPS: missing weights / packages, and the wiring through stand-ins of the packages
+
+
+def test_fid_missing_weights_file_names_it_and_how_to_get_it(tmp_path):
+    path = tmp_path / inception.FID_WEIGHTS_FILE
+    with pytest.raises(MissingWeightsError) as e:
+        inception.load_inception(str(path))
+    message = str(e.value)
+    assert str(path) in message and inception.FID_WEIGHTS_URL in message
+    assert '--fid_weights' in message
+    path.write_bytes(b'not a torch file')
+    with pytest.raises(MissingWeightsError, match='cannot be read'):
+        inception.load_inception(str(path))
+
+
+def test_fid_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'pytorch_fid', None)      # import fails
+    with pytest.raises(MissingWeightsError) as e:
+        inception.load_inception(None)
+    message = str(e.value)
+    assert "pip install '.[eval]'" in message and 'pytorch-fid' in message
+    assert inception.FID_WEIGHTS_FILE in message and inception.FID_WEIGHTS_URL in message
+    assert '--fid_weights' in message
+
+
+@pytest.mark.parametrize('net', ['alex', 'vgg'])
+def test_lpips_missing_weights_file_names_it_and_how_to_get_it(tmp_path, net):
+    name, url = lpips_metric.LPIPS_BACKBONES[net]
+    path = tmp_path / name
+    with pytest.raises(MissingWeightsError) as e:
+        lpips_metric.load_lpips(net, str(path))
+    message = str(e.value)
+    assert str(path) in message and url in message and '--lpips_weights' in message
+    torch.save({'features.0.weight': torch.zeros(1)}, path)      # a state dict, but not that file
+    with pytest.raises(MissingWeightsError, match='sha256'):
+        lpips_metric.load_lpips(net, str(path))
+
+
+def test_lpips_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'lpips', None)
+    with pytest.raises(MissingWeightsError) as e:
+        lpips_metric.load_lpips('alex')
+    message = str(e.value)
+    assert "pip install '.[eval]'" in message and 'lpips' in message
+    assert 'alexnet-owt-7be5be79.pth' in message and '--lpips_weights' in message
+
+
+class FakeInception(nn.Module):
+    """Stands in for pytorch_fid.inception.InceptionV3: same constructor contract (weights via the
+    module-level load_state_dict_from_url(FID_WEIGHTS_URL)), [0, 1] inputs, resize to 299."""
+    BLOCK_INDEX_BY_DIM = {64: 0, 192: 1, 768: 2, 2048: 3}
+
+    def __init__(self, output_blocks):
+        super().__init__()
+        assert list(output_blocks) == [3]
+        self.proj = nn.Conv2d(3, 2048, 1)
+        self.proj.load_state_dict(FAKE_FID.load_state_dict_from_url(FAKE_FID.FID_WEIGHTS_URL))
+
+    def forward(self, x):
+        assert x.shape[1] == 3 and 0 <= x.min() and x.max() <= 1
+        x = nn.functional.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
+        x = nn.functional.adaptive_avg_pool2d(2 * x - 1, (4, 4))
+        return [nn.functional.adaptive_avg_pool2d(self.proj(x), (1, 1))]
+
+
+FAKE_FID = types.ModuleType('pytorch_fid.inception')
+FAKE_FID.FID_WEIGHTS_URL = inception.FID_WEIGHTS_URL
+FAKE_FID.InceptionV3 = FakeInception
+
+
+@pytest.fixture
+def fake_pytorch_fid(monkeypatch, tmp_path):
+    def no_network(url, *args, **kwargs):
+        raise AssertionError('the weights should come from the local file')
+    monkeypatch.setattr(FAKE_FID, 'load_state_dict_from_url', no_network, raising=False)
+    package = types.ModuleType('pytorch_fid')
+    package.inception = FAKE_FID
+    monkeypatch.setitem(sys.modules, 'pytorch_fid', package)
+    monkeypatch.setitem(sys.modules, 'pytorch_fid.inception', FAKE_FID)
+    monkeypatch.setattr(inception, '_MODELS', {})
+    torch.manual_seed(0)
+    path = tmp_path / inception.FID_WEIGHTS_FILE
+    torch.save(nn.Conv2d(3, 2048, 1).state_dict(), path)
+    return str(path)
+
+
+def test_fid_features_through_the_package_interface(fake_pytorch_fid, monkeypatch):
+    images = torch.randint(0, 256, (5, 16, 16, 1), dtype=torch.uint8)
+    with pytest.warns(RuntimeWarning, match='sha256'):          # not the real file
+        model = inception.load_inception(fake_pytorch_fid)
+    assert FAKE_FID.load_state_dict_from_url.__name__ == 'no_network'   # restored afterwards
+    grey = inception.inception_features(images, model, batch_size=2)
+    rgb = inception.inception_features(images.repeat(1, 1, 1, 3), model)
+    assert grey.shape == (5, 2048) and grey.dtype == np.float64
+    np.testing.assert_allclose(grey, rgb, rtol=1e-5, atol=1e-6)
+    # no local file: the standard download, which fails here -> the file, the URL, the flag
+    monkeypatch.setattr(torch.hub, 'load_state_dict_from_url',
+                        lambda *a, **k: (_ for _ in ()).throw(OSError('no network')))
+    with pytest.raises(MissingWeightsError) as e:
+        inception.load_inception(None)
+    assert inception.FID_WEIGHTS_FILE in str(e.value) and '--fid_weights' in str(e.value)
+
+
+class FakeLPIPS(nn.Module):
+    """Stands in for lpips.LPIPS: a trunk `net` made of slices whose children keep torchvision's
+    feature indices, [-1, 1] inputs, (N, 1, 1, 1) outputs."""
+
+    def __init__(self, net='alex', pretrained=True, pnet_rand=False, model_path=None,
+                 verbose=True):
+        super().__init__()
+        if not pnet_rand:
+            raise OSError('no network')                 # torchvision's download
+        self.net = nn.Module()
+        self.net.slice1 = nn.Sequential()
+        self.net.slice1.add_module('0', nn.Conv2d(3, 4, 3))
+        self.net.slice1.add_module('1', nn.ReLU())
+        self.net.slice2 = nn.Sequential()
+        self.net.slice2.add_module('2', nn.Conv2d(4, 4, 3))
+
+    def forward(self, a, b):
+        assert a.min() >= -1 and a.max() <= 1 and a.shape[1] == 3
+        return (self.net.slice2(self.net.slice1(a)) -
+                self.net.slice2(self.net.slice1(b))).pow(2).mean((1, 2, 3), keepdim=True)
+
+
+@pytest.fixture
+def fake_lpips(monkeypatch, tmp_path):
+    module = types.ModuleType('lpips')
+    module.LPIPS = FakeLPIPS
+    monkeypatch.setitem(sys.modules, 'lpips', module)
+    monkeypatch.setattr(lpips_metric, '_MODELS', {})
+    torch.manual_seed(0)
+    trunk = {'features.0.weight': torch.randn(4, 3, 3, 3), 'features.0.bias': torch.randn(4),
+             'features.2.weight': torch.randn(4, 4, 3, 3), 'features.2.bias': torch.randn(4),
+             'classifier.1.weight': torch.randn(2, 2)}
+    path = tmp_path / 'trunk.pth'
+    torch.save(trunk, path)
+    prefix = metrics._common.sha256_prefix(path)
+    name = f'alexnet-owt-{prefix}.pth'
+    os.rename(path, tmp_path / name)
+    monkeypatch.setitem(lpips_metric.LPIPS_BACKBONES, 'alex', (name, 'https://example/' + name))
+    return str(tmp_path / name), trunk
+
+
+def test_lpips_through_the_package_interface(fake_lpips):
+    path, trunk = fake_lpips
+    model = lpips_metric.load_lpips('alex', path)
+    assert torch.equal(model.net.slice2[0].weight, trunk['features.2.weight'])
+    x = torch.randint(0, 256, (3, 12, 12, 1), dtype=torch.uint8)
+    d = lpips_metric.lpips_distance(x, noisy(x, 30), model)
+    assert d.shape == (3,) and np.all(d > 0)
+    assert np.all(lpips_metric.lpips_distance(x, x, model) == 0)
+    with pytest.raises(MissingWeightsError, match='--lpips_weights'):     # download fails here
+        lpips_metric.load_lpips('alex', None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points: names, choices, reference statistics
+
+
+@pytest.fixture
+def no_real_packages(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'pytorch_fid', None)
+    monkeypatch.setitem(sys.modules, 'lpips', None)
+
+
+def test_entry_points_use_the_standin_only_when_allowed_and_say_so(mnist, cache_dir,
+                                                                   no_real_packages):
+    splits, _, info = mnist
+    gen, ref = splits['test'][list(range(200))], splits['train']
+    with pytest.raises(MissingWeightsError, match='allow_standin'):
+        metrics.sample_quality(gen, ref, 'mnist5k', cache_dir=cache_dir)
+    with pytest.raises(MissingWeightsError, match='allow_standin'):
+        metrics.perceptual_distance(gen, gen, 'mnist5k', cache_dir=cache_dir)
+    with pytest.raises(MissingWeightsError):                  # the real metric asked for
+        metrics.sample_quality(gen, ref, 'mnist5k', metric='real', allow_standin=True,
+                               cache_dir=cache_dir)
+    with pytest.raises(MissingWeightsError, match='no_such.pth'):   # a given file: no fallback
+        metrics.sample_quality(gen, ref, 'mnist5k', fid_weights='no_such.pth',
+                               allow_standin=True, cache_dir=cache_dir)
+    lines = []
+    name, value = metrics.sample_quality(gen, ref, 'mnist5k', allow_standin=True,
+                                         cache_dir=cache_dir, reference_split='train',
+                                         n_reference=1000, logprint=lines.append)
+    assert name == 'FD-mnist5k' and value > 0 and np.isfinite(value)
+    choice = metrics.last_choice('sample_quality')
+    assert not choice.real and choice.name == name and 'FID unavailable' in choice.reason
+    assert 'STAND-IN' in lines[-1] and 'FD-mnist5k' in lines[-1]
+    assert choice.details['n_generated'] == 200 and choice.details['n_reference'] == 1000
+    name, d = metrics.perceptual_distance(gen, noisy(gen, 40), 'mnist5k', allow_standin=True,
+                                          cache_dir=cache_dir, logprint=lines.append)
+    assert name == 'PD-mnist5k' and d.shape == (200,) and np.all(d > 0)
+    assert 'LPIPS unavailable' in metrics.last_choice('perceptual').reason
+    for n in (name, metrics.last_choice('sample_quality').name):
+        assert 'FID' not in n and 'LPIPS' not in n
+
+
+def test_entry_points_pick_the_real_metrics_when_available(fake_pytorch_fid, fake_lpips, mnist,
+                                                           cache_dir, monkeypatch):
+    splits, _, _ = mnist
+    gen, ref = splits['test'][list(range(20))], splits['train']
+    shapes = []
+
+    def frechet_stub(mu1, sigma1, mu2, sigma2):     # sqrtm of 2048 x 2048 takes ~30 s here
+        shapes.append((mu1.shape, sigma1.shape, mu2.shape, sigma2.shape))
+        return 1.25
+    monkeypatch.setattr(metrics, 'frechet_distance', frechet_stub)
+    with pytest.warns(RuntimeWarning, match='sha256'):
+        name, value = metrics.sample_quality(gen, ref, 'mnist5k', fid_weights=fake_pytorch_fid,
+                                             allow_standin=True, n_reference=30,
+                                             cache_dir=cache_dir)
+    assert (name, value) == ('FID', 1.25) and metrics.last_choice().real
+    assert shapes == [((2048,), (2048, 2048)) * 2]
+    name, d = metrics.perceptual_distance(gen, gen, 'mnist5k', lpips_weights=fake_lpips[0],
+                                          cache_dir=cache_dir)
+    assert name == 'LPIPS-alex' and np.all(d == 0)
+    name, _ = metrics.sample_quality(gen, ref, 'mnist5k', metric='standin', n_reference=30,
+                                     cache_dir=cache_dir)
+    assert name == 'FD-mnist5k' and 'requested' in metrics.last_choice().reason
+
+
+def test_reference_stats_are_cached_per_metric_dataset_split_and_n(tmp_path):
+    calls = []
+
+    def features(images):
+        calls.append(len(images))
+        return np.asarray(images, dtype=np.float64).reshape(len(images), -1)[:, :4]
+
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4, 1)).astype(np.uint8)
+    a = metrics.reference_stats('FD-x', 'net1', features, images, 'x', 'train', 30, str(tmp_path))
+    b = metrics.reference_stats('FD-x', 'net1', features, images, 'x', 'train', 30, str(tmp_path))
+    assert calls == [30] and all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert os.path.isfile(tmp_path / 'refstats' / 'FD-x-x-train-30.npz')
+    metrics.reference_stats('FD-x', 'net2', features, images, 'x', 'train', 30, str(tmp_path))
+    metrics.reference_stats('FD-x', 'net2', features, images, 'x', 'train', 100, str(tmp_path))
+    assert calls == [30, 30, 40]                    # another network; all 40 when n is larger
+    metrics.reference_stats('FD-x', 'net2', features, images, 'x', None, 30, str(tmp_path))
+    assert calls[-1] == 30 and len(calls) == 4      # no split name: no cache
+
+
+def test_generated_images_from_a_sampler(mnist, cache_dir, no_real_packages):
+    splits, _, _ = mnist
+    pool = splits['test'][list(range(100))].numpy()
+    drawn = []
+
+    def sampler(n):
+        drawn.append(n)
+        return pool[sum(drawn) - n:sum(drawn)]
+    name, _ = metrics.sample_quality(sampler, splits['train'], 'mnist5k', allow_standin=True,
+                                     n_samples=70, n_reference=200, cache_dir=cache_dir)
+    assert name == 'FD-mnist5k' and sum(drawn) == 70
+    assert metrics.last_choice().details['n_generated'] == 70
+    with pytest.raises(TypeError, match='uint8'):
+        metrics.sample_quality(lambda n: np.zeros((n, 32, 32, 1), np.float32), splits['train'],
+                               'mnist5k', allow_standin=True, n_samples=4, n_reference=200,
+                               cache_dir=cache_dir)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rate per latent group, (R_k, D_k)
+
+ARCH = dict(width=16, zdim=4, num_mixtures=3, enc_blocks='32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1',
+            dec_blocks='1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1', n_batch=4)
+
+
+@pytest.fixture(scope='module')
+def tiny_vae():
+    H = get_hparams('mnist5k', **ARCH)
+    torch.manual_seed(0)
+    model = VAE(H)
+    images = load_splits('mnist5k')['valid'][list(range(10))].numpy()
+    return H, model, ImageArray(images), make_preprocess('mnist5k')
+
+
+def test_rate_per_group_sums_to_the_models_rate(tiny_vae):
+    H, model, data, prep = tiny_vae
+    torch.manual_seed(1)
+    rates = rate_per_group(model, data, prep, 'cpu', n_batch=H.n_batch)
+    torch.manual_seed(1)                              # the same batches and posterior draws
+    stats = evaluate(H, model, data, prep, 'cpu')
+    assert rates['n_examples'] == 10
+    assert rates['total'] == pytest.approx(stats['rate'], rel=1e-5)
+    assert rates['block_res'] == [b.base for b in model.decoder.dec_blocks]
+    assert sum(rates['per_res'].values()) == pytest.approx(rates['total'])
+    assert sorted(rates['per_res']) == [1, 4, 8, 16, 32]
+    assert rates['total_bits'] == pytest.approx(rates['total'] / math.log(2))
+    assert all(v >= 0 for v in rates['per_block'])
+
+
+def test_rd_profile_rates_and_probe_signature(tiny_vae):
+    H, model, data, prep = tiny_vae
+    asked = []
+
+    def probe(k, res):
+        asked.append((k, res))
+        return 0.1 / k
+    torch.manual_seed(2)
+    profile = rd_profile(model, data, prep, 'cpu', distortion_fn=probe, n_batch=H.n_batch)
+    assert [p['res'] for p in profile] == [1, 4, 8, 16, 32]
+    assert [p['k'] for p in profile] == [progressive_blocks(H, r) for r in (1, 4, 8, 16, 32)]
+    assert asked == [(p['k'], p['res']) for p in profile]
+    assert [p['distortion'] for p in profile] == [0.1 / p['k'] for p in profile]
+    rates = [p['rate'] for p in profile]
+    assert all(a <= b for a, b in zip(rates, rates[1:]))
+    # R_K at the paper's split (res 4) = masked.posterior_rate_k under the same posterior draws
+    # (one batch: posterior_rate_k draws only K blocks' noise, so a second batch's would differ)
+    k = progressive_blocks(H)
+    torch.manual_seed(3)
+    r_k = rd_profile(model, data, prep, 'cpu', n_batch=10)[1]
+    torch.manual_seed(3)
+    with torch.no_grad():
+        direct = posterior_rate_k(model.encoder, model.decoder, k,
+                                  prep(data[list(range(10))], 'cpu')[0])[1].mean().item()
+    assert r_k['k'] == k and r_k['rate'] == pytest.approx(direct, rel=1e-5)
+    assert rd_profile(model, data, prep, 'cpu')[0]['distortion'] is None
