@@ -4,7 +4,6 @@ Source x ~ N(0, 1) per dimension, channel z = x + sigma * eps, best decoder E[x 
     D(sigma) = sigma^2 / (1 + sigma^2),   R(sigma) = 0.5 * log(1 + 1 / sigma^2)   (nats/dim)
 The "model" is log sigma, trained on the weighted objective of eq. (10) while eta ascends eq. (11).
 """
-import math
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ from progcode_ext.latent_groups import progressive_blocks
 from progcode_ext.masked import MaskedDecoder
 from progcode_ext.stage2 import ConditionalVAE
 from vdvae import get_hparams
-from vdvae.checkpoint import CheckpointError
 from vdvae.logger import read_jsonl
 from vdvae.models import build_model
 

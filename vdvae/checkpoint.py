@@ -24,15 +24,16 @@ class CheckpointError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Writing
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`: a crash
-    leaves either the old file or the new one, never a truncated one."""
+def atomic_write(path, write):
+    """Call `write(f)` on a temporary file in the folder of `path`, fsync, then rename it over
+    `path`: a crash leaves either the old file or the new one, never a truncated one."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -40,6 +41,11 @@ def atomic_save(obj, path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(obj, path):
+    """torch.save, atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,10 +205,12 @@ def save_checkpoint_set(folder, files):
         target = os.path.join(folder, name + '.pending')
         if isinstance(obj, (str, os.PathLike)):
             with open(obj, 'rb') as src:
-                _atomic_write_bytes(src.read(), target)
+                data = src.read()
+            atomic_write(target, lambda f: f.write(data))
         else:
             atomic_save(obj, target)
-    _atomic_write_bytes(json.dumps(sorted(files)).encode(), os.path.join(folder, _COMMIT))
+    record = json.dumps(sorted(files)).encode()
+    atomic_write(os.path.join(folder, _COMMIT), lambda f: f.write(record))
     recover_checkpoint_set(folder)
 
 
@@ -222,21 +230,6 @@ def recover_checkpoint_set(folder):
     for name in os.listdir(folder):
         if name.endswith('.pending'):
             os.unlink(os.path.join(folder, name))
-
-
-def _atomic_write_bytes(data, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _fsync_dir(folder):

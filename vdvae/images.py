@@ -1,7 +1,4 @@
 """Image grids written with imageio (PNG), atomically."""
-import os
-import tempfile
-
 import imageio.v2 as imageio
 import numpy as np
 import torch
@@ -20,19 +17,10 @@ def tile_images(images, ncol):
 
 
 def write_image(path, image):
-    """Write a uint8 HWC image (C = 1 or 3) as PNG via a temporary file and a rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Write a uint8 HWC image (C = 1 or 3) as PNG, atomically."""
+    from .checkpoint import atomic_write
     image = image[..., 0] if image.shape[-1] == 1 else image
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.png', dir=folder)
-    os.close(fd)
-    try:
-        imageio.imwrite(tmp, image, format='png')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: imageio.imwrite(f, image, format='png'))
 
 
 @torch.no_grad()

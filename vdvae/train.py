@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vdvae.checkpoint import (CheckpointError, load_file, recover_checkpoint_set, restore_optimizer,
+from vdvae.checkpoint import (load_file, recover_checkpoint_set, restore_optimizer,
                               restore_params, save_checkpoint_set)
 from vdvae.data import set_up_data
 from vdvae.distributed import all_reduce_mean, broadcast_from_main, cleanup, setup_distributed

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from vdvae.checkpoint import atomic_save, load_file, restore_params  # noqa: F401 (atomic_save reexported)
+from vdvae.checkpoint import load_file, restore_params
 from vdvae.data import set_up_data
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams

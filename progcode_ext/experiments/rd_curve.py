@@ -7,7 +7,7 @@ Writes OUT/rd_curve/{results.json, report.md, rd_curve.png, reconstructions.png}
 import os
 
 from .common import (as_uint8, default_device, eval_images, evaluate_run, grid, load_run, parse,
-                     plot, reconstructions, run_main, say, train_stage, write_results)
+                     plot, reconstructions, run_main, train_stage, write_results)
 
 PAPER_TARGETS = '0.0512,0.0256,0.0128,0.0064,0.0032,0.0016,0.0008'
 

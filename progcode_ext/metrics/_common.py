@@ -2,7 +2,6 @@
 the cache folder and atomic writes."""
 import hashlib
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -79,19 +78,7 @@ def to_nchw_unit(batch, device, channels=None):
 
 
 def atomic_savez(path, **arrays):
-    """np.savez to a temporary file in the same folder, then rename over `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp.npz',
-                               dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """np.savez, atomically (the core's temporary-file-and-rename writer)."""
+    from vdvae.checkpoint import atomic_write
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
