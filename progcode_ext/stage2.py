@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from vdvae.hps import Hyperparams
-from vdvae.vae import Block, Decoder, DecBlock, Encoder, _temperature
-from vdvae.vae_helpers import draw_gaussian_diag_samples, full_precision, gaussian_analytical_kl
+from vdvae.vae import Block, Decoder, DecBlock, Encoder
 
 
 class ConditionalDecBlock(DecBlock):
-    """A DecBlock whose prior also reads the conditioning activation at its resolution."""
+    """A DecBlock whose prior also reads the conditioning activation at its resolution (the core's
+    `cond` argument): `prior.c1` takes [state, cond[res]], 2w channels."""
 
     def __init__(self, H, res, mixin, n_blocks, widths):
         super().__init__(H, res, mixin, n_blocks, widths)
@@ -33,55 +33,9 @@ class ConditionalDecBlock(DecBlock):
         self.prior = Block(2 * width, int(width * H.bottleneck_multiple), H.zdim * 2 + width,
                            residual=False, use_3x3=res > 2, zero_last=True)
 
-    def _prior_given(self, x, cond):
-        feats = self.prior(torch.cat([x, cond[self.base]], dim=1))
-        pm, pv, xpp = feats.split([self.zdim, self.zdim, feats.shape[1] - 2 * self.zdim], dim=1)
-        return pm, pv, x + xpp
-
-    def forward(self, xs, activations, cond, get_latents=False):
-        acts = activations[self.base]
-        x = self._state(xs, acts.shape[0], acts)
-        qm, qv = self.enc(torch.cat([x, acts], dim=1)).chunk(2, dim=1)
-        pm, pv, x = self._prior_given(x, cond)
-        z = draw_gaussian_diag_samples(qm, qv)
-        kl = gaussian_analytical_kl(*map(full_precision, (qm, pm, qv, pv)))
-        xs = self._update(xs, x, z)
-        return xs, (dict(kl=kl, z=z.detach()) if get_latents else dict(kl=kl))
-
-    def forward_uncond(self, xs, cond, t=None, lvs=None):
-        c = cond[self.base]
-        x = self._state(xs, c.shape[0], torch.zeros_like(c))
-        pm, pv, x = self._prior_given(x, cond)
-        if lvs is not None:
-            z = lvs
-        else:
-            if t is not None:
-                pv = pv + (math.log(t) if t > 0 else -math.inf)
-            z = draw_gaussian_diag_samples(pm, pv)
-        return self._update(xs, x, z)
-
 
 class ConditionalDecoder(Decoder):
     block_class = ConditionalDecBlock
-
-    def forward(self, activations, cond, get_latents=False):
-        xs = self._initial_states()
-        stats = []
-        for block in self.dec_blocks:
-            xs, block_stats = block(xs, activations, cond, get_latents=get_latents)
-            stats.append(block_stats)
-        return self.final_fn(xs[self.H.image_size]), stats
-
-    def forward_manual_latents(self, cond, latents, t=None):
-        n = next(iter(cond.values())).shape[0]
-        xs = self._initial_states(n)
-        for i, block in enumerate(self.dec_blocks):
-            lvs = latents[i] if i < len(latents) else None
-            xs = block.forward_uncond(xs, cond, _temperature(t, i), lvs=lvs)
-        return self.final_fn(xs[self.H.image_size])
-
-    def forward_uncond(self, cond, t=None):
-        return self.forward_manual_latents(cond, [], t)
 
 
 class ConditionalVAE(nn.Module):
@@ -99,7 +53,7 @@ class ConditionalVAE(nn.Module):
         """-> px_z, per-block stats, per-example NLL and rate (nats/dim)."""
         activations = self.encoder(torch.cat([x, x_hat.to(x.dtype)], dim=-1))
         cond = self.cond_encoder(x_hat)
-        px_z, stats = self.decoder(activations, cond, get_latents=get_latents)
+        px_z, stats = self.decoder(activations, get_latents=get_latents, cond=cond)
         ndims = math.prod(x.shape[1:])
         distortion = self.decoder.out_net.nll(px_z, x_target)
         rate = sum(s['kl'].sum(dim=(1, 2, 3)) for s in stats) / ndims
@@ -107,5 +61,6 @@ class ConditionalVAE(nn.Module):
 
     def sample(self, x_hat, t=None, latents=()):
         """NumPy uint8 NHWC samples of p(x | x_hat) (first len(latents) latents fixed)."""
-        px_z = self.decoder.forward_manual_latents(self.cond_encoder(x_hat), list(latents), t)
+        px_z = self.decoder.forward_manual_latents(x_hat.shape[0], list(latents), t,
+                                                   cond=self.cond_encoder(x_hat))
         return self.decoder.out_net.sample(px_z)

@@ -80,8 +80,8 @@ def test_stage2_depends_on_x_hat():
     cond_a, cond_b = model.cond_encoder(x_hat), model.cond_encoder(-x_hat)
     with torch.no_grad():
         zs = [torch.zeros(2, 4, b.base, b.base) for b in model.decoder.dec_blocks]
-        assert not torch.allclose(model.decoder.forward_manual_latents(cond_a, zs),
-                                  model.decoder.forward_manual_latents(cond_b, zs))
+        assert not torch.allclose(model.decoder.forward_manual_latents(2, zs, cond=cond_a),
+                                  model.decoder.forward_manual_latents(2, zs, cond=cond_b))
 
 
 def test_stage1_trains_with_eta_logged_and_resumes_eta_exactly(runs, tmp_path):

@@ -127,8 +127,10 @@ class DecBlock(nn.Module):
                                   scale_factor=self.base // self.mixin)
         return x
 
-    def _prior(self, x):
-        feats = self.prior(x)
+    def _prior(self, x, cond=None):
+        """Prior mean, log-std and the state's update; a conditional decoder (extensions) also
+        hands its prior the conditioning activation at this resolution, `cond[res]`."""
+        feats = self.prior(x if cond is None else torch.cat([x, cond[self.base]], dim=1))
         # split, not three slices: its backward writes one gradient tensor, where each slice's
         # would allocate a zero tensor of the full width and the three would then be summed
         pm, pv, xpp = feats.split([self.zdim, self.zdim, feats.shape[1] - 2 * self.zdim], dim=1)
@@ -139,26 +141,26 @@ class DecBlock(nn.Module):
         xs[self.base] = self.resnet(x)
         return xs
 
-    def forward(self, xs, activations, get_latents=False):
+    def forward(self, xs, activations, get_latents=False, cond=None):
         """Posterior path: z ~ q(z | x, z_<), and the KL map to the prior."""
         acts = activations[self.base]
         x = self._state(xs, acts.shape[0], acts)
         qm, qv = self.enc(torch.cat([x, acts], dim=1)).chunk(2, dim=1)
-        pm, pv, x = self._prior(x)
+        pm, pv, x = self._prior(x, cond)
         z = draw_gaussian_diag_samples(qm, qv)
         # in float32 also under bf16/fp16 autocast
         kl = gaussian_analytical_kl(*map(full_precision, (qm, pm, qv, pv)))
         xs = self._update(xs, x, z)
         return xs, (dict(kl=kl, z=z.detach()) if get_latents else dict(kl=kl))
 
-    def forward_uncond(self, xs, t=None, lvs=None):
+    def forward_uncond(self, xs, t=None, lvs=None, cond=None):
         """Prior path: z ~ p(z | z_<) with std scaled by temperature t, or z = lvs if given."""
         some = next(iter(xs.values()))
         width = self.resnet.c1.in_channels
         like = some.new_zeros((some.shape[0], width, self.base, self.base))
         x = self._state(xs, some.shape[0],
                         like.contiguous(memory_format=memory_format_of(self.resnet.c2.weight)))
-        pm, pv, x = self._prior(x)
+        pm, pv, x = self._prior(x, cond)
         if lvs is not None:
             z = lvs
         else:
@@ -204,12 +206,12 @@ class Decoder(nn.Module):
             xs[res] = self.gain.new_zeros((n, self.widths[res], res, res))
         return xs
 
-    def forward(self, activations, get_latents=False):
+    def forward(self, activations, get_latents=False, cond=None):
         """Posterior pass. Returns (px_z NCHW, [per-block dict(kl=..., z=...)])."""
         xs = self._initial_states()
         stats = []
         for block in self.dec_blocks:
-            xs, block_stats = block(xs, activations, get_latents=get_latents)
+            xs, block_stats = block(xs, activations, get_latents=get_latents, cond=cond)
             stats.append(block_stats)
         return self.final_fn(xs[self.H.image_size]), stats
 
@@ -220,7 +222,7 @@ class Decoder(nn.Module):
             xs = block.forward_uncond(xs, _temperature(t, i))
         return self.final_fn(xs[self.H.image_size])
 
-    def forward_manual_latents(self, n, latents, t=None):
+    def forward_manual_latents(self, n, latents, t=None, cond=None):
         """px_z with z_1..z_k fixed to `latents` (k = len(latents)) and the rest drawn from the
         prior at temperature t (None, a number, or one per block)."""
         if len(latents) > len(self.dec_blocks):
@@ -229,7 +231,7 @@ class Decoder(nn.Module):
         xs = self._empty_guard(self._initial_states(n), n)
         for i, block in enumerate(self.dec_blocks):
             lvs = latents[i] if i < len(latents) else None
-            xs = block.forward_uncond(xs, _temperature(t, i), lvs=lvs)
+            xs = block.forward_uncond(xs, _temperature(t, i), lvs=lvs, cond=cond)
         return self.final_fn(xs[self.H.image_size])
 
 
