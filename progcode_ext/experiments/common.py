@@ -40,7 +40,13 @@ def add_common_arguments(parser):
     a('--train_flags', default='', help='extra train.py flags for every stage, e.g. "--data_root D"')
     a('--device', default=None, help='torch device for evaluation (default: cuda if available)')
     a('--n_eval', type=int, default=0, help='evaluate on the first N validation images (0: all)')
+    a('--metrics_cache', default=None,
+      help='folder for the stand-in classifier and reference statistics (default: OUT/metric-cache)')
     return parser
+
+
+def metrics_cache(cfg):
+    return getattr(cfg, 'metrics_cache', None) or os.path.join(cfg.out, 'metric-cache')
 
 
 def say(*args):
@@ -176,9 +182,10 @@ def parse(argv, description, add_arguments=None):
 
 def run_main(fn, argv):
     """Run an experiment's `fn(argv)` with one clear error message on failure."""
+    from ..metrics import MissingWeightsError
     try:
         fn(argv)
         return 0
-    except (ExperimentError, ValueError, OSError) as e:
+    except (ExperimentError, MissingWeightsError, ValueError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ def config(out, scale):
     return argparse.Namespace(hps='mnist5k', out=out, train_flags=f'{ARCH} {SHORT_RUNS}', device='cpu',
                               checkpoint=None, distortion_target=None, sample_batch=100,
                               fid_weights=None, lpips_weights=None, lpips_net='alex',
-                              allow_standin=True, **SCALES[scale])
+                              allow_standin=True, metrics_cache=None, **SCALES[scale])
 
 
 def run(argv):

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from ..metrics import perceptual_distance
-from .common import (as_uint8, default_device, eval_images, load_run, parse, plot, reconstructions,
+from .common import (metrics_cache, as_uint8, default_device, eval_images, load_run, parse, plot, reconstructions,
                      run_main, say, write_results)
 from .rd_curve import add_arguments as add_rd_arguments
 from .rd_curve import parse_targets, stage1_runs
@@ -40,7 +40,7 @@ def run(cfg):
                                          lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
                                          allow_standin=cfg.allow_standin, device=device,
                                          data_root=H.data_root, logprint=say,
-                                         cache_dir=os.path.join(cfg.out, 'metric-cache'))
+                                         cache_dir=metrics_cache(cfg))
         rows.append(dict(target=t, mse=float(mse.mean()), perceptual=float(np.mean(dist))))
         say(f"lpips_vs_mse: target {t:g}: MSE {rows[-1]['mse']:.5f}, {name} {rows[-1]['perceptual']:.4f}")
     rho = float(spearmanr([r['mse'] for r in rows], [r['perceptual'] for r in rows]).correlation) \

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..metrics import sample_quality
-from .common import (default_device, evaluate_run, grid, load_run, parse, plot, run_main, say,
+from .common import (metrics_cache, default_device, evaluate_run, grid, load_run, parse, plot, run_main, say,
                      train_stage, write_results)
 from vdvae.data import load_splits
 from vdvae.hps import get_hparams
@@ -67,7 +67,7 @@ def run(cfg):
                                        allow_standin=cfg.allow_standin, reference_split='test',
                                        n_reference=cfg.n_samples, data_root=H.data_root,
                                        device=device, logprint=say,
-                                       cache_dir=os.path.join(cfg.out, 'metric-cache'))
+                                       cache_dir=metrics_cache(cfg))
         grid([x_hat[:8], samples[:8], samples[8:16], samples[16:24]],
              os.path.join(folder, f'samples-{name}.png'))
         results[name] = dict(elbo=stats['elbo'], elbo_bits_per_dim=stats['elbo'] / math.log(2),
