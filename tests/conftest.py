@@ -12,6 +12,34 @@ REFERENCE = SHARED / 'reference'
 # Test tensors are tiny: one thread avoids OpenMP spin-waits when the cores are shared.
 torch.set_num_threads(1)
 
+# PROGCODE_DEVICE=cuda puts the `tiny8` fixture's model and inputs, hence the tests of
+# tests/test_parity_tiny8.py, on the GPU (bench/gpu_check.sh does); the default is the CPU.
+DEVICE = torch.device(os.environ.get('PROGCODE_DEVICE', 'cpu'))
+if DEVICE.type == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = False          # full float32, as the references
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+
+
+@pytest.fixture(autouse=True)
+def _random_draws_on_cpu(monkeypatch):
+    """On CUDA, take the model's random draws from the CPU generator (computed on the CPU, then
+    moved), so that seeded draws are upstream's recorded ones; everything else runs on the GPU."""
+    if DEVICE.type != 'cuda':
+        return
+    from vdvae import vae, vae_helpers
+
+    def on_cpu(fn):
+        def wrapped(*args, **kwargs):
+            device = next(a.device for a in args if isinstance(a, torch.Tensor))
+            out = fn(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args], **kwargs)
+            return out.to(device)
+        return wrapped
+    monkeypatch.setattr(vae, 'draw_gaussian_diag_samples',
+                        on_cpu(vae_helpers.draw_gaussian_diag_samples))
+    monkeypatch.setattr(vae_helpers, 'sample_from_discretized_mix_logistic',
+                        on_cpu(vae_helpers.sample_from_discretized_mix_logistic))
+
 
 @pytest.fixture(scope='session')
 def reference_dir():
@@ -34,11 +62,17 @@ def tiny8(reference_dir):
     H = Hyperparams(summary['tiny8']['hparams'])
     model = VAE(H)
     model.load_state_dict(torch.load(folder / 'model.th', weights_only=True))
-    model.eval()
+    model.to(DEVICE).eval()
     ref = torch.load(folder / 'reference.pt', weights_only=True)
+    if DEVICE.type != 'cpu':        # the model's inputs; expected values stay on the CPU
+        for key in ('inp', 'target'):
+            ref[key] = ref[key].to(DEVICE)
+        ref['latents_from_forward_get_latents'] = [
+            z.to(DEVICE) for z in ref['latents_from_forward_get_latents']]
     return H, model, ref, summary
 
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
-    torch.testing.assert_close(torch.as_tensor(actual).double(), torch.as_tensor(expected).double(),
-                               rtol=rtol, atol=atol)
+    def as_cpu_double(t):
+        return torch.as_tensor(t).detach().cpu().double()
+    torch.testing.assert_close(as_cpu_double(actual), as_cpu_double(expected), rtol=rtol, atol=atol)

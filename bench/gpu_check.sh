@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, from the repository root of a machine with a CUDA GPU and a CUDA build
+# of torch:   bash bench/gpu_check.sh        (results under $OUT, default ./out)
+#   1. the tiny8 parity tests against upstream's recorded outputs, on the GPU (PROGCODE_DEVICE=cuda:
+#      TF32 off, the model's random draws taken from the CPU generator; see tests/conftest.py). They
+#      need upstream's reference outputs in ../shared/reference, or PROGCODE_SHARED set;
+#   2. bench/bench.py, cifar10 preset, batch 16, on the GPU: fp32 (TF32 off), tf32 and bf16.
+# Then copy the printed figures, with the GPU's name from $OUT/gpu.json, into BENCHMARKS.md.
+# Exits non-zero if the parity tests failed (after running the benchmarks anyway).
+set -euo pipefail
+
+export OUT="${OUT:-./out}"
+PYTHON="${PYTHON:-python}"
+STEPS="${STEPS:-20}"
+RUNS="${RUNS:-3}"
+mkdir -p "$OUT"
+
+"$PYTHON" - <<'EOF'
+import json, os, sys
+import torch
+print('torch', torch.__version__, 'cuda', torch.version.cuda,
+      'available', torch.cuda.is_available())
+if not torch.cuda.is_available():
+    sys.exit('no CUDA device: bench/gpu_check.sh is for a GPU machine')
+info = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda)
+print(info)
+with open(os.path.join(os.environ['OUT'], 'gpu.json'), 'w') as f:
+    json.dump(info, f)
+EOF
+
+# The project and pytest, unless already importable (torch itself is taken as installed).
+if ! "$PYTHON" -c 'import vdvae, pytest' 2>/dev/null; then
+    "$PYTHON" -m pip install -e '.[test]'
+fi
+
+# 1. Parity on CUDA. The float64 finite-difference test builds its own CPU model and feeds it the
+#    fixture's (here CUDA) inputs, so it stays with the CPU run.
+parity=0
+PROGCODE_DEVICE=cuda PROGCODE_REQUIRE_REFERENCE=1 "$PYTHON" -m pytest -q \
+    tests/test_parity_tiny8.py -k 'not finite_differences' 2>&1 | tee "$OUT/parity_cuda.txt" \
+    || parity=$?
+
+# 2. Benchmarks: each run a fresh process, baseline and ours interleaved.
+for amp in fp32 tf32 bf16; do
+    "$PYTHON" bench/bench.py --device cuda --hps cifar10 --n_batch 16 --amp "$amp" \
+        --steps "$STEPS" --runs "$RUNS" --json "$OUT/bench_cuda_cifar10_b16_${amp}.json" \
+        2>&1 | tee "$OUT/bench_cuda_cifar10_b16_${amp}.txt"
+done
+
+if [ "$parity" -ne 0 ]; then
+    echo "parity tests on CUDA FAILED (see $OUT/parity_cuda.txt)"
+else
+    echo "parity tests on CUDA passed"
+fi
+echo "results in $OUT"
+exit "$parity"

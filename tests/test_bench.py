@@ -1,0 +1,136 @@
+"""bench/bench.py on a tiny model, and the CPU speed-ups keep the numerics."""
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vdvae import VAE, get_hparams
+from vdvae import train_helpers
+
+BENCH = Path(__file__).resolve().parents[1] / 'bench' / 'bench.py'
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location('progcode_bench', BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_hparams(**extra):
+    return get_hparams('cifar10', **{**load_bench().QUICK_OVERRIDES, 'n_batch': 2, **extra})
+
+
+def batch(H, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (H.n_batch, H.image_size, H.image_size, H.image_channels)
+    return torch.randn(shape, generator=gen), torch.rand(shape, generator=gen) * 2 - 1
+
+
+def test_bench_quick_writes_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    bench = load_bench()
+    results = bench.main(['--quick', '--threads', '1', '--json', str(out)])
+    written = json.loads(out.read_text())
+    assert written['configs'].keys() == results['configs'].keys() == {'baseline', 'ours'}
+    for name, summary in written['configs'].items():
+        assert summary['step_s'] > 0 and summary['eval_s'] > 0, name
+        assert summary['peak_mem_bytes'] > 0, name
+        assert len(summary['runs']) == 1 and len(summary['runs'][0]['step_s']) == 2
+        assert summary['step_ratio'] > 0 and summary['eval_ratio'] > 0
+        assert summary['runs'][0]['skipped_updates'] == 0
+    # Same init, batch and seed: the first loss agrees across configurations.
+    assert written['reference'] == 'baseline'
+    assert written['configs']['ours']['first_loss_rel_diff'] < 1e-5
+    assert written['machine']['torch'] == torch.__version__
+
+
+def test_bench_rejects_unknown_config():
+    with pytest.raises(SystemExit):
+        load_bench().main(['--configs', 'nope'])
+
+
+def test_bench_set_overrides_parse_literals():
+    bench = load_bench()
+    args = bench.parse_args(['--set', 'width=32', '--set', 'dec_blocks=1x1,4m1', '--n_batch', '3'])
+    assert bench.overrides(args) == dict(width=32, dec_blocks='1x1,4m1', n_batch=3)
+
+
+def loss_and_grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    loss = model(x, y)['elbo']
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_channels_last_model_same_loss_and_gradients():
+    H = tiny_hparams()
+    torch.manual_seed(0)
+    model = VAE(H)
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    assert model_cl.encoder.in_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x, y = batch(H)
+    loss, grads = loss_and_grads(model, x, y)
+    loss_cl, grads_cl = loss_and_grads(model_cl, x, y)
+    torch.testing.assert_close(loss_cl, loss, rtol=1e-5, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads_cl[name], grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    # The random draws do not depend on the memory layout; the prior path stays channels-last.
+    with torch.no_grad():
+        torch.manual_seed(3)
+        z = model.forward_get_latents(x)
+        torch.manual_seed(3)
+        z_cl = model_cl.forward_get_latents(x)
+        torch.manual_seed(4)
+        px_z = model.decoder.forward_uncond(3, t=0.7)
+        torch.manual_seed(4)
+        px_z_cl = model_cl.decoder.forward_uncond(3, t=0.7)
+    for a, b in zip(z, z_cl):
+        torch.testing.assert_close(b['z'], a['z'], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(px_z_cl, px_z, rtol=1e-5, atol=1e-6)
+    assert px_z_cl.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last])
+def test_ours_training_step_matches_the_baseline_one(layout):
+    """`ours` (build_optimizer's fused AdamW, foreach EMA, optionally channels-last) against the
+    baseline (NCHW, plain AdamW, per-parameter EMA): equal up to float rounding after a training
+    step. One step, because Adam divides by sqrt(v): where gradients are tiny, later steps amplify
+    rounding differences (as between any two AdamW implementations)."""
+    H = tiny_hparams(warmup_iters=0, skip_threshold=-1)
+    bench = load_bench()
+    torch.manual_seed(0)
+    model_b = VAE(H)
+    ema_b = copy.deepcopy(model_b).requires_grad_(False)
+    model = copy.deepcopy(model_b).to(memory_format=layout)
+    ema = copy.deepcopy(ema_b).to(memory_format=layout)
+    optimizer, _ = train_helpers.build_optimizer(H, model)
+    optimizer_b = torch.optim.AdamW(model_b.parameters(), lr=H.lr,
+                                    betas=(H.adam_beta1, H.adam_beta2), eps=1e-8, weight_decay=H.wd)
+    x, y = batch(H)
+    for m, e, opt, ema_fn in ((model, ema, optimizer, train_helpers.update_ema),
+                              (model_b, ema_b, optimizer_b, bench.update_ema_per_parameter)):
+        m.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        m(x, y)['elbo'].backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), H.grad_clip)
+        opt.step()
+        ema_fn(m, e, H.ema_rate)
+    assert optimizer.defaults['fused']
+    for p, p_b in zip([*model.parameters(), *ema.parameters()],
+                      [*model_b.parameters(), *ema_b.parameters()]):
+        assert p.dim() != 4 or p.is_contiguous(memory_format=layout)    # the update kept it
+        torch.testing.assert_close(p, p_b, rtol=1e-5, atol=1e-7)
+
+
+def test_keep_freed_memory_is_harmless():
+    assert train_helpers.keep_freed_memory() in (True, False)
+    H = tiny_hparams()
+    torch.manual_seed(0)
+    x, y = batch(H)
+    loss, _ = loss_and_grads(VAE(H), x, y)
+    assert torch.isfinite(loss)
