@@ -25,7 +25,7 @@ SHORT_RUNS = ('--eta_lr 0.01 --lr 0.002 --warmup_iters 20 --iters_per_print 50 -
 SCALES = {
     'quick': dict(steps=40, probe_steps=40, targets='0.0512,0.0256,0.0128,0.0064', n_eval=200,
                   n_images=64, n_samples=200),
-    'full': dict(steps=400, probe_steps=300, targets='0.0512,0.0256,0.0128,0.0064,0.0032',
+    'full': dict(steps=250, probe_steps=200, targets='0.0512,0.0256,0.0128,0.0064,0.0032',
                  n_eval=500, n_images=256, n_samples=500),
 }
 

@@ -64,13 +64,16 @@ def _log_choice(choice, logprint):
     real_name = 'FID' if choice.kind == 'sample_quality' else 'LPIPS'
     status = 'the standard metric' if choice.real else f'STAND-IN, not comparable with {real_name}'
     line = f'{choice.kind}: using {choice.name} ({status}): {choice.reason}'
+    previous = _LAST.get(choice.kind)
+    _LAST[choice.kind] = choice
+    if previous is not None and previous.name == choice.name:
+        line = f'{choice.kind}: using {choice.name} ({status}), as before'
     if logprint is not None:
         logprint(line)
     elif choice.real:
         logger.info(line)
     else:
         logger.warning(line)
-    _LAST[choice.kind] = choice
 
 
 def _check_metric(metric):
