@@ -18,7 +18,8 @@ Configurations (see CONFIGS):
   ours      the project's way with the speed-ups: `vdvae.train_helpers.build_optimizer` (fused
             AdamW), its foreach EMA, `keep_freed_memory()` on CPU, and the model (and EMA model)
             in channels-last memory format (`model.to(memory_format=torch.channels_last)`);
-  ours-*    `ours` less one of these (ablations). See BENCHMARKS.md.
+  ours-*    `ours` less one of these (ablations), or `ours-compile` with torch.compile. See
+            BENCHMARKS.md.
 
 `--amp bf16` runs the model's forward under `torch.autocast(dtype=torch.bfloat16)`; the model
 computes the DMoL likelihood and the KL terms in float32 either way (vdvae/vae.py), and the
@@ -45,15 +46,21 @@ REPO = Path(__file__).resolve().parents[1]
 # name -> switches. ema: 'foreach' (vdvae.train_helpers.update_ema) or 'loop' (per parameter);
 # optimizer: 'project' (vdvae.train_helpers.build_optimizer: fused AdamW) or 'foreach' (torch's
 # default AdamW); keep_memory: vdvae.train_helpers.keep_freed_memory() (glibc, CPU only);
-# channels_last: model, EMA model and hence activations in torch.channels_last memory format.
-_OURS = dict(ema='foreach', optimizer='project', keep_memory=True, channels_last=True)
+# channels_last: model, EMA model and hence activations in torch.channels_last memory format;
+# compile: the training step runs torch.compile(model).
+_OURS = dict(ema='foreach', optimizer='project', keep_memory=True, channels_last=True,
+             compile=False)
 CONFIGS = {
-    'baseline': dict(ema='loop', optimizer='foreach', keep_memory=False, channels_last=False),
+    'baseline': dict(ema='loop', optimizer='foreach', keep_memory=False, channels_last=False,
+                     compile=False),
     'ours': _OURS,
     # ablations: `ours` less one speed-up
     'ours-nchw': {**_OURS, 'channels_last': False},
     'ours-no-keep-memory': {**_OURS, 'keep_memory': False},
     'ours-foreach-adamw': {**_OURS, 'optimizer': 'foreach'},
+    # `ours` plus torch.compile of the model (train.py --compile); compilation happens in the
+    # untimed warm-up steps (use --warmup 3 or more), and takes minutes on CPU
+    'ours-compile': {**_OURS, 'compile': True},
 }
 
 QUICK_OVERRIDES = dict(width=16, zdim=4, num_mixtures=2, enc_blocks='8x1,8d2,4x1,4d4,1x1',
@@ -188,8 +195,10 @@ def run_once(args, config):
             times.append(time.perf_counter() - t0)
         return times, out
 
+    step_model = torch.compile(model) if switches['compile'] else model
+
     def train():
-        stats = train_helpers.training_step(H, x_in, x_target, model, ema_model, optimizer,
+        stats = train_helpers.training_step(H, x_in, x_target, step_model, ema_model, optimizer,
                                             autocast=autocast)
         scheduler.step()                   # as a training loop does (same lr in every config)
         return stats

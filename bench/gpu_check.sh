@@ -4,7 +4,8 @@
 #   1. the tiny8 parity tests against upstream's recorded outputs, on the GPU (PROGCODE_DEVICE=cuda:
 #      TF32 off, the model's random draws taken from the CPU generator; see tests/conftest.py). They
 #      need upstream's reference outputs in ../shared/reference, or PROGCODE_SHARED set;
-#   2. bench/bench.py, cifar10 preset, batch 16, on the GPU: fp32 (TF32 off), tf32 and bf16.
+#   2. bench/bench.py, cifar10 preset, batch 16, on the GPU: fp32 (TF32 off), tf32 and bf16;
+#   3. torch.compile against eager, fp32 and bf16.
 # Then copy the printed figures, with the GPU's name from $OUT/gpu.json, into BENCHMARKS.md.
 # Exits non-zero if the parity tests failed (after running the benchmarks anyway).
 set -euo pipefail
@@ -45,6 +46,14 @@ for amp in fp32 tf32 bf16; do
     "$PYTHON" bench/bench.py --device cuda --hps cifar10 --n_batch 16 --amp "$amp" \
         --steps "$STEPS" --runs "$RUNS" --json "$OUT/bench_cuda_cifar10_b16_${amp}.json" \
         2>&1 | tee "$OUT/bench_cuda_cifar10_b16_${amp}.txt"
+done
+
+# 3. torch.compile (train.py --compile) against ours, fp32 and bf16; compilation is in the warm-up.
+for amp in fp32 bf16; do
+    "$PYTHON" bench/bench.py --device cuda --hps cifar10 --n_batch 16 --amp "$amp" --warmup 3 \
+        --configs ours,ours-compile --steps "$STEPS" --runs 2 \
+        --json "$OUT/bench_cuda_cifar10_b16_${amp}_compile.json" \
+        2>&1 | tee "$OUT/bench_cuda_cifar10_b16_${amp}_compile.txt"
 done
 
 if [ "$parity" -ne 0 ]; then
