@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from progcode_ext.experiments import demo, lpips_vs_mse, rd_curve, table1, table2
+from progcode_ext.experiments import demo, lpips_vs_mse, profile, rd_curve, table1, table2
 
 
 @pytest.fixture(scope='module')
@@ -62,3 +62,16 @@ def test_without_weights_and_without_standin_the_error_names_the_file(cfg, capsy
                               '--targets', '0.05,0.02', '--train_flags=' + cfg.train_flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and 'LPIPS' in err and '--lpips_weights' in err
+
+
+def test_profile_of_a_trained_checkpoint(cfg):
+    ckpt = os.path.join(cfg.out, 'runs', 'vdvae', 'latest-model-ema.th')
+    if not os.path.exists(ckpt):
+        table1.train_stage(cfg, 'vdvae', cfg.hps)
+    cfg.checkpoint, cfg.probe_steps = ckpt, 2
+    rows = profile.run(cfg)
+    res = written(os.path.join(cfg.out, 'profile'), 'report.md', 'profile.png')
+    assert [r['res'] for r in rows] == [1, 4, 8, 16, 32] and [r['k'] for r in rows] == [1, 3, 5, 7, 9]
+    assert all(a['rate'] <= b['rate'] + 1e-12 for a, b in zip(rows, rows[1:]))
+    assert all(r['distortion'] > 0 for r in rows[:-1]) and rows[-1]['distortion'] is None
+    assert res['rows'][1]['k'] == 3

@@ -1,0 +1,85 @@
+"""The (R_k, D_k) profile of a trained VDVAE at every resolution of its decoder (Section 3.1's
+progressive coder, one point per resolution r: z_1..z_k = all blocks at resolution <= r).
+
+R_k comes from the model's posterior over the validation split; D_k from a masked-decoder probe
+(A.2) trained for each r (`--probe_steps`; 0 reports the rates only). Works on our checkpoints
+and on upstream's official files (`--checkpoint`, with the matching `--hps`).
+Writes OUT/profile/{results.json, report.md, profile.png}.
+
+    python -m progcode_ext.experiments.profile --hps cifar10 --checkpoint cifar10-seed0-iter-900000-model-ema.th \\
+        --out exp --probe_steps 0 --train_flags="--data_root D"
+"""
+import os
+import shlex
+
+from vdvae.checkpoint import restore_params
+from vdvae.data import set_up_data
+from vdvae.hps import setup_hparams
+from vdvae.vae import VAE
+
+from ..metrics.rd_profile import rate_per_group, rate_profile
+from .common import (default_device, evaluate_run, parse, plot, run_main, say, subset,
+                     train_stage, write_results)
+
+
+def add_arguments(parser):
+    parser.add_argument('--checkpoint', required=True, help='the trained VDVAE (ours or upstream)')
+    parser.add_argument('--probe_steps', type=int, default=0,
+                        help='steps of the D_k probe per resolution; 0: rates only')
+
+
+def run(cfg):
+    device = default_device(cfg)
+    H = setup_hparams(['--hps', cfg.hps, *shlex.split(cfg.train_flags)])
+    H, _, data_eval, preprocess_fn = set_up_data(H)
+    model = restore_params(VAE(H), cfg.checkpoint).to(device).eval()
+    rates = rate_per_group(model, subset(data_eval, cfg.n_eval), preprocess_fn, device,
+                           n_batch=H.n_batch)
+    rows = []
+    for res, k, rate in rate_profile(rates):
+        row = dict(res=res, k=k, rate=rate, distortion=None)
+        if cfg.probe_steps and res < H.image_size:
+            run_dir = train_stage(cfg, f'profile-probe-{res}', cfg.hps,
+                                  ['--model', 'masked', f'--encoder_path={cfg.checkpoint}',
+                                   '--mode', 'probe',
+                                   '--progressive_res', str(res)], cfg.probe_steps)
+            row['distortion'] = evaluate_run(cfg, run_dir, device)['distortion']
+        rows.append(row)
+        say(f"profile: res <= {res}: k = {k}, R_k {rate:.5f} nats/dim"
+            + (f", D_k {row['distortion']:.5f}" if row['distortion'] is not None else ''))
+    folder = os.path.join(cfg.out, 'profile')
+    os.makedirs(folder, exist_ok=True)
+    points = [r for r in rows if r['distortion'] is not None]
+
+    def draw(ax):
+        if points:
+            ax.plot([r['rate'] for r in points], [r['distortion'] for r in points], 'o-')
+            for r in points:
+                ax.annotate(f"<= {r['res']}", (r['rate'], r['distortion']), fontsize=7)
+            ax.set_ylabel('D_k: MSE per dim ([-1,1] scale)')
+        else:
+            ax.bar(range(len(rows)), [r['rate'] for r in rows])
+            ax.set_xticks(range(len(rows)), [f"<= {r['res']}" for r in rows])
+            ax.set_ylabel('R_k (nats/dim)')
+        ax.set_xlabel('R_k (nats/dim)' if points else 'latent group: resolution')
+        ax.set_title(f'{cfg.hps}: progressive coder profile')
+    plot(os.path.join(folder, 'profile.png'), draw)
+    report = [f'# (R_k, D_k) profile of {cfg.checkpoint}', '',
+              'R_k: KL of all latent layers at resolution <= r, nats/dim, validation split. '
+              'D_k: MSE ([-1,1] scale) of a masked-decoder probe trained on z_1..z_k '
+              f'({cfg.probe_steps} steps; blank: not trained).', '',
+              '| resolution <= | k | R_k | D_k |', '|---|---|---|---|']
+    report += [f"| {r['res']} | {r['k']} | {r['rate']:.5f} | "
+               f"{'' if r['distortion'] is None else format(r['distortion'], '.5f')} |" for r in rows]
+    report += ['', '![](profile.png)']
+    write_results(cfg.out, 'profile', dict(checkpoint=cfg.checkpoint, rows=rows,
+                                           per_block=rates['per_block']), report)
+    return rows
+
+
+def main(argv=None):
+    return run_main(lambda a: run(parse(a, __doc__.split('\n')[0], add_arguments)), argv)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
