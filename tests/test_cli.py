@@ -63,3 +63,11 @@ def test_summary(capsys):
     assert main(['summary', '--hps', 'cifar10']) == 0
     out = capsys.readouterr().out
     assert '39,145,700 parameters' in out and '43 decoder blocks' in out
+
+
+@pytest.mark.parametrize('preset', ['mnist5k_stage1', 'mnist5k_conventional'])
+def test_sample_from_the_papers_models(tmp_path, preset):
+    out = tmp_path / 'g.png'
+    assert main(['sample', '--hps', preset, '--width', '16', '--zdim', '4', '--n', '2',
+                 '--out', str(out)]) == 0
+    assert imageio.imread(out).shape == (32, 64)

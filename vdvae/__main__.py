@@ -13,6 +13,7 @@ from .block_strings import check_architecture
 from .checkpoint import restore_params
 from .hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
 from .images import tile_images, write_image
+from .models import build_model
 from .vae import VAE
 
 
@@ -30,9 +31,10 @@ def parse_temperature(text):
     return values[0] if len(values) == 1 else values
 
 
-def build_model(H, device):
-    """The VAE of `H` on `device`, with weights from --restore_ema_path or --restore_path."""
-    model = VAE(H)
+def load_model(H, device):
+    """The model of `H` (`--model`, default VDVAE) on `device`, with weights from
+    --restore_ema_path or --restore_path."""
+    model = build_model(H)
     path = H.restore_ema_path or H.restore_path
     if path:
         restore_params(model, path)
@@ -47,10 +49,13 @@ def sample(H):
     if isinstance(H.t, list) and len(H.t) != n_blocks:
         raise ValueError(f'--t gives {len(H.t)} temperatures, but the decoder has {n_blocks} '
                          'blocks; give one number or exactly one per block')
-    model = build_model(H, H.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model = load_model(H, H.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     torch.manual_seed(H.seed)           # after init, so a seed gives the same draws as upstream
     with torch.no_grad():
-        images = model.forward_uncond_samples(H.n, t=H.t)
+        if hasattr(model, 'forward_uncond_samples'):
+            images = model.forward_uncond_samples(H.n, t=H.t)
+        else:                                   # a two-stage HVAE: one t for both stages
+            _, images = model.sample(H.n, t1=H.t, t2=H.t)
     ncol = H.ncol or math.ceil(math.sqrt(H.n))
     write_image(H.out, tile_images(images, ncol))
     print(f'wrote {H.n} samples ({H.image_size}x{H.image_size}, t={H.t}) to {H.out}')
