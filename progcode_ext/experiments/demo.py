@@ -3,7 +3,7 @@
     scripts/demo.sh [--quick] [--out DIR]
 
 Runs table1, rd_curve (4+ distortion targets), lpips_vs_mse and table2 with a small VDVAE and
-short runs (--quick: about 2 minutes on 2 cores; default: about 10), then writes DIR/report.md,
+short runs (--quick: about 1 minute on 2 cores; default: about 7), then writes DIR/report.md,
 which says plainly, with the numbers, whether each of the paper's claims held at this scale. The
 perceptual and sample metrics are stand-ins in the features of a classifier trained on mnist5k
 (PD-mnist5k, FD-mnist5k), never LPIPS or FID. Re-running resumes: finished stages are not re-run.
@@ -39,7 +39,7 @@ def config(out, scale):
 
 def run(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='about 2 minutes instead of 10')
+    parser.add_argument('--quick', action='store_true', help='about 1 minute instead of 7')
     parser.add_argument('--out', default='demo-out', help='output folder (default: %(default)s)')
     args = parser.parse_args(argv)
     scale = 'quick' if args.quick else 'full'
