@@ -214,8 +214,8 @@ def train(H):
     ema_vae = ema_vae.to(d.device, memory_format=memory_format)
     optimizer, scheduler = build_optimizer(H, vae)
     scaler = torch.amp.GradScaler(d.device.type, enabled=H.amp == 'fp16')
-    autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if H.amp == 'bf16' else \
-        (lambda: torch.autocast(d.device.type, dtype=torch.float16)) if H.amp == 'fp16' else nullcontext
+    amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(H.amp)
+    autocast = (lambda: torch.autocast(d.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     logprint(f'parameters: {sum(p.numel() for p in vae.parameters()):,}; device {d.device}, '
              f'{d.world_size} process(es), batch {H.n_batch} per process, amp {H.amp}')
 
