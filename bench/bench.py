@@ -21,7 +21,8 @@ Configurations (see CONFIGS):
   ours-*    `ours` less one of these (ablations), or `ours-compile` with torch.compile. See
             BENCHMARKS.md.
 
-`--amp bf16` runs the model's forward under `torch.autocast(dtype=torch.bfloat16)`; the model
+`--amp bf16` (or `fp16`, with train.py's gradient scaler) runs the model's forward under
+`torch.autocast(dtype=torch.bfloat16)` (or float16); the model
 computes the DMoL likelihood and the KL terms in float32 either way (vdvae/vae.py), and the
 backward, clipping, AdamW and EMA stay float32. The losses of the first and the last step of every
 run are recorded so that configurations can be compared for numerics (same seeds, batch and
@@ -74,9 +75,10 @@ def parse_args(argv=None):
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='hyperparameter override passed to get_hparams (repeatable)')
     p.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
-    p.add_argument('--amp', choices=['fp32', 'tf32', 'bf16'], default='fp32',
+    p.add_argument('--amp', choices=['fp32', 'tf32', 'bf16', 'fp16'], default='fp32',
                    help='fp32 (on CUDA with TF32 off), tf32 (CUDA only: fp32 with TF32 matmuls '
-                        'and convolutions), bf16 (autocast around the forward) (default: fp32)')
+                        'and convolutions), bf16 or fp16 (autocast around the forward; fp16 with a '
+                        'gradient scaler) (default: fp32)')
     p.add_argument('--threads', type=int, default=None,
                    help='torch.set_num_threads on CPU (default: 2; ignored on CUDA)')
     p.add_argument('--steps', type=int, default=10, help='timed steps per run (default: 10)')
@@ -183,7 +185,11 @@ def run_once(args, config):
     x_target = (torch.randint(0, 256, shape, generator=gen).float() / 127.5 - 1.0).to(device)
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == 'bf16')
+        dtype = torch.float16 if args.amp == 'fp16' else torch.bfloat16
+        return torch.autocast(device.type, dtype=dtype, enabled=args.amp in ('bf16', 'fp16'))
+
+    # fp16 as train.py --amp fp16 does it: a gradient scaler around the loss
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == 'fp16')
 
     def timed(fn, n):
         times, out = [], None
@@ -199,7 +205,7 @@ def run_once(args, config):
 
     def train():
         stats = train_helpers.training_step(H, x_in, x_target, step_model, ema_model, optimizer,
-                                            autocast=autocast)
+                                            scaler=scaler, autocast=autocast)
         scheduler.step()                   # as a training loop does (same lr in every config)
         return stats
 

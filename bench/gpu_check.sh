@@ -4,7 +4,7 @@
 #   1. the tiny8 parity tests against upstream's recorded outputs, on the GPU (PROGCODE_DEVICE=cuda:
 #      TF32 off, the model's random draws taken from the CPU generator; see tests/conftest.py). They
 #      need upstream's reference outputs in ../shared/reference, or PROGCODE_SHARED set;
-#   2. bench/bench.py, cifar10 preset, batch 16, on the GPU: fp32 (TF32 off), tf32 and bf16;
+#   2. bench/bench.py, cifar10 preset, batch 16, on the GPU: fp32 (TF32 off), tf32, bf16, fp16;
 #   3. torch.compile against eager, fp32 and bf16.
 # Then copy the printed figures, with the GPU's name from $OUT/gpu.json, into BENCHMARKS.md.
 # Exits non-zero if the parity tests failed (after running the benchmarks anyway).
@@ -42,7 +42,7 @@ PROGCODE_DEVICE=cuda PROGCODE_REQUIRE_REFERENCE=1 "$PYTHON" -m pytest -q \
     || parity=$?
 
 # 2. Benchmarks: each run a fresh process, baseline and ours interleaved.
-for amp in fp32 tf32 bf16; do
+for amp in fp32 tf32 bf16 fp16; do
     "$PYTHON" bench/bench.py --device cuda --hps cifar10 --n_batch 16 --amp "$amp" \
         --steps "$STEPS" --runs "$RUNS" --json "$OUT/bench_cuda_cifar10_b16_${amp}.json" \
         2>&1 | tee "$OUT/bench_cuda_cifar10_b16_${amp}.txt"
