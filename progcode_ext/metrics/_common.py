@@ -82,3 +82,15 @@ def atomic_savez(path, **arrays):
     from vdvae.checkpoint import atomic_write
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
+
+
+def package_missing_error(metric, package, error, weights, url, flag):
+    """The MissingWeightsError for a metric whose package (or a torchvision that loads beside this
+    torch) cannot be imported: what failed, how to install, where the weights come from."""
+    detail = str(error).splitlines()[0][:200] if str(error) else ''
+    return MissingWeightsError(
+        f"{metric} needs the package {package} and a torchvision that works with torch "
+        f"{torch.__version__}, which cannot be imported here ({type(error).__name__}: {detail}); "
+        f"install them with pip install '.[eval]' (or pip install {package} torchvision matching "
+        f"your torch). The weights {weights} then come from {url} (downloaded on first use) or "
+        f"from a local copy given with {flag} PATH", url=url)

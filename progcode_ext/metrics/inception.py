@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from ._common import MissingWeightsError, image_batches, load_state_dict_file, sha256_prefix, \
+from ._common import MissingWeightsError, package_missing_error, image_batches, load_state_dict_file, sha256_prefix, \
     to_nchw_unit
 
 FID_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
@@ -40,14 +40,8 @@ def _import_pytorch_fid():
     try:
         from pytorch_fid import inception as module
     except Exception as e:          # ImportError, or torchvision failing to load beside this torch
-        raise MissingWeightsError(
-            f"FID needs the package pytorch-fid and a torchvision that works with torch "
-            f"{torch.__version__}, which cannot be imported here ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); install them with "
-            f"pip install '.[eval]' (or pip install pytorch-fid torchvision matching your torch). "
-            f"The network weights {FID_WEIGHTS_FILE} then come from {FID_WEIGHTS_URL} (downloaded "
-            f"on first use) or from a local copy given with --fid_weights PATH",
-            url=FID_WEIGHTS_URL) from None
+        raise package_missing_error('FID', 'pytorch-fid', e, FID_WEIGHTS_FILE, FID_WEIGHTS_URL,
+                                    '--fid_weights') from None
     return module
 
 

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from ._common import MissingWeightsError, image_batches, load_state_dict_file, sha256_prefix, \
+from ._common import MissingWeightsError, package_missing_error, image_batches, load_state_dict_file, sha256_prefix, \
     to_nchw_unit
 
 # torchvision's ImageNet weights of the trunks LPIPS uses (IMAGENET1K_V1)
@@ -46,13 +46,8 @@ def _import_lpips(net):
     try:
         import lpips
     except Exception as e:          # ImportError, or torchvision failing to load beside this torch
-        raise MissingWeightsError(
-            f"LPIPS needs the package lpips and a torchvision that works with torch "
-            f"{torch.__version__}, which cannot be imported here ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); install them with "
-            f"pip install '.[eval]' (or pip install lpips torchvision matching your torch). The "
-            f"{net} trunk weights {name} then come from {url} (downloaded on first use) or from "
-            f"a local copy given with --lpips_weights PATH", url=url) from None
+        raise package_missing_error('LPIPS', 'lpips', e, f'{name} ({net} trunk)', url,
+                                    '--lpips_weights') from None
     return lpips
 
 
