@@ -19,8 +19,8 @@ import warnings
 import numpy as np
 import torch
 
-from ._common import MissingWeightsError, package_missing_error, image_batches, load_state_dict_file, sha256_prefix, \
-    to_nchw_unit
+from ._common import (MissingWeightsError, package_missing_error, image_batches, load_state_dict_file,
+                      sha256_prefix, to_nchw_unit)
 
 FID_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'

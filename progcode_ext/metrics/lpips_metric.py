@@ -16,8 +16,8 @@ import os
 import numpy as np
 import torch
 
-from ._common import MissingWeightsError, package_missing_error, image_batches, load_state_dict_file, sha256_prefix, \
-    to_nchw_unit
+from ._common import (MissingWeightsError, package_missing_error, image_batches, load_state_dict_file,
+                      sha256_prefix, to_nchw_unit)
 
 # torchvision's ImageNet weights of the trunks LPIPS uses (IMAGENET1K_V1)
 LPIPS_BACKBONES = {
