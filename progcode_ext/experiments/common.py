@@ -20,9 +20,10 @@ import torch
 from vdvae.checkpoint import load_file, restore_params
 from vdvae.data import set_up_data
 from vdvae.evaluation import evaluate, load_batch
-from vdvae.hps import Hyperparams
+from vdvae.hps import Hyperparams, setup_hparams
 from vdvae.images import tile_images, write_image
 from vdvae.models import build_model
+from vdvae.vae import VAE
 from vdvae.vae_helpers import to_uint8
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,7 +35,9 @@ class ExperimentError(RuntimeError):
 
 def add_common_arguments(parser):
     a = parser.add_argument
-    a('--hps', default='mnist5k', help='dataset preset: mnist5k, svhn, celeba64 or lsun64 (default: %(default)s)')
+    a('--hps', default='mnist5k', help='dataset preset: mnist5k, svhn, celeba64 or lsun64; with '
+      '--checkpoint also upstream\'s cifar10, imagenet32, imagenet64, ffhq256, ffhq1024 '
+      '(default: %(default)s)')
     a('--out', default='experiments', help='output folder; re-running resumes it (default: %(default)s)')
     a('--steps', type=int, default=800000, help='training steps of each stage (default: %(default)s)')
     a('--train_flags', default='', help='extra train.py flags for every stage, e.g. "--data_root D"')
@@ -54,7 +57,8 @@ def say(*args):
 
 
 def train_stage(cfg, name, preset, flags=(), steps=None):
-    """Train (or resume, or skip) the stage `name`; returns its run folder."""
+    """Train (or resume, or skip) the stage `name`; returns its run folder. The stage's `flags`
+    come after `--train_flags`, so they win over it (e.g. a probe's own --progressive_res)."""
     steps = steps or cfg.steps
     runs = os.path.join(cfg.out, 'runs')
     run_dir = os.path.join(runs, name)
@@ -63,7 +67,7 @@ def train_stage(cfg, name, preset, flags=(), steps=None):
     if done >= steps:
         say(f'{name}: finished earlier ({done} steps), not re-run')
         return run_dir
-    argv = ['--hps', preset, *flags, *shlex.split(cfg.train_flags), '--save_dir', runs, '--desc',
+    argv = ['--hps', preset, *shlex.split(cfg.train_flags), *flags, '--save_dir', runs, '--desc',
             name, '--num_iters', str(steps), '--quiet'] + (['--resume'] if done else [])
     say(f'{name}: training {preset} for {steps} steps' + (f' (resuming at {done})' if done else ''))
     start = time.time()
@@ -76,6 +80,14 @@ def train_stage(cfg, name, preset, flags=(), steps=None):
         raise ExperimentError(f'stage {name} failed (exit {rc}); see {run_dir}/log.txt')
     say(f'{name}: done in {time.time() - start:.0f} s')
     return run_dir
+
+
+def restore_vdvae(cfg, path):
+    """(H of --hps with --train_flags, the VDVAE of that H with the weights of `path`: ours or
+    upstream's official files). A file of another architecture fails here, with restore_params'
+    message naming the preset it fits, before any stage runs."""
+    H = setup_hparams(['--hps', cfg.hps, *shlex.split(cfg.train_flags)])
+    return H, restore_params(VAE(H), path)
 
 
 def load_run(run_dir, device, ema=True):

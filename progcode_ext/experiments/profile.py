@@ -1,25 +1,28 @@
 """The (R_k, D_k) profile of a trained VDVAE at every resolution of its decoder (Section 3.1's
 progressive coder, one point per resolution r: z_1..z_k = all blocks at resolution <= r).
 
-R_k comes from the model's posterior over the validation split; D_k from a masked-decoder probe
-(A.2) trained for each r (`--probe_steps`; 0 reports the rates only). Works on our checkpoints
-and on upstream's official files (`--checkpoint`, with the matching `--hps`).
+R_k comes from the model's posterior over the validation split (one posterior sample per image,
+seed 0: the same weights give the same rates); D_k from a masked-decoder probe (A.2) trained for
+each r (`--probe_steps`; 0 reports the rates only). Table 1's (R_K, D_K) is the row at the
+progressive split (`--progressive_res` in `--train_flags`, default image size / 8): marked
+`table1: true` in the rows of results.json, copied to its top-level `table1`, and marked in
+report.md. Works on our checkpoints and on upstream's official files (`--checkpoint`, `*-model.th`
+or `*-model-ema.th`, with the matching `--hps`).
 Writes OUT/profile/{results.json, report.md, profile.png}.
 
     python -m progcode_ext.experiments.profile --hps cifar10 --checkpoint cifar10-seed0-iter-900000-model-ema.th \\
         --out exp --probe_steps 0 --train_flags="--data_root D"
 """
 import os
-import shlex
 
-from vdvae.checkpoint import restore_params
+import torch
+
 from vdvae.data import set_up_data
-from vdvae.hps import setup_hparams
-from vdvae.vae import VAE
 
+from ..latent_groups import progressive_blocks
 from ..metrics.rd_profile import rate_per_group, rate_profile
-from .common import (default_device, evaluate_run, parse, plot, run_main, say, subset,
-                     train_stage, write_results)
+from .common import (default_device, evaluate_run, parse, plot, restore_vdvae, run_main, say,
+                     subset, train_stage, write_results)
 
 
 def add_arguments(parser):
@@ -30,14 +33,16 @@ def add_arguments(parser):
 
 def run(cfg):
     device = default_device(cfg)
-    H = setup_hparams(['--hps', cfg.hps, *shlex.split(cfg.train_flags)])
+    H, model = restore_vdvae(cfg, cfg.checkpoint)
     H, _, data_eval, preprocess_fn = set_up_data(H)
-    model = restore_params(VAE(H), cfg.checkpoint).to(device).eval()
+    model = model.to(device).eval()
+    K = progressive_blocks(H)                   # Table 1's z_1..z_K
+    torch.manual_seed(0)
     rates = rate_per_group(model, subset(data_eval, cfg.n_eval), preprocess_fn, device,
                            n_batch=H.n_batch)
     rows = []
     for res, k, rate in rate_profile(rates):
-        row = dict(res=res, k=k, rate=rate, distortion=None)
+        row = dict(res=res, k=k, rate=rate, distortion=None, table1=k == K)
         if cfg.probe_steps and res < H.image_size:
             run_dir = train_stage(cfg, f'profile-probe-{res}', cfg.hps,
                                   ['--model', 'masked', f'--encoder_path={cfg.checkpoint}',
@@ -46,7 +51,10 @@ def run(cfg):
             row['distortion'] = evaluate_run(cfg, run_dir, device)['distortion']
         rows.append(row)
         say(f"profile: res <= {res}: k = {k}, R_k {rate:.5f} nats/dim"
-            + (f", D_k {row['distortion']:.5f}" if row['distortion'] is not None else ''))
+            + (f", D_k {row['distortion']:.5f}" if row['distortion'] is not None else '')
+            + (" <- Table 1's (R_K, D_K)" if row['table1'] else ''))
+    table1 = next(dict(res=r['res'], K=r['k'], R_K=r['rate'], D_K=r['distortion'])
+                  for r in rows if r['table1'])
     folder = os.path.join(cfg.out, 'profile')
     os.makedirs(folder, exist_ok=True)
     points = [r for r in rows if r['distortion'] is not None]
@@ -67,12 +75,14 @@ def run(cfg):
     report = [f'# (R_k, D_k) profile of {cfg.checkpoint}', '',
               'R_k: KL of all latent layers at resolution <= r, nats/dim, validation split. '
               'D_k: MSE ([-1,1] scale) of a masked-decoder probe trained on z_1..z_k '
-              f'({cfg.probe_steps} steps; blank: not trained).', '',
-              '| resolution <= | k | R_k | D_k |', '|---|---|---|---|']
+              f'({cfg.probe_steps} steps; blank: not trained). Table 1\'s (R_K, D_K): the row at the '
+              f"progressive split, resolution <= {table1['res']} (K = {table1['K']}).", '',
+              '| resolution <= | k | R_k | D_k | |', '|---|---|---|---|---|']
     report += [f"| {r['res']} | {r['k']} | {r['rate']:.5f} | "
-               f"{'' if r['distortion'] is None else format(r['distortion'], '.5f')} |" for r in rows]
+               f"{'' if r['distortion'] is None else format(r['distortion'], '.5f')} | "
+               f"{'**Table 1: (R_K, D_K)**' if r['table1'] else ''} |" for r in rows]
     report += ['', '![](profile.png)']
-    write_results(cfg.out, 'profile', dict(checkpoint=cfg.checkpoint, rows=rows,
+    write_results(cfg.out, 'profile', dict(checkpoint=cfg.checkpoint, rows=rows, table1=table1,
                                            per_block=rates['per_block']), report)
     return rows
 

@@ -1,17 +1,22 @@
 """Table 1 and Figure 1: is a conventionally trained VDVAE's (R_K, D_K) Pareto-optimal?
 
-1. a conventional VDVAE (`--hps X`), or an existing checkpoint (`--checkpoint`, e.g. upstream's);
+1. a conventional VDVAE (`--hps X`), or an existing checkpoint (`--checkpoint`): ours, or upstream's
+   official `*-model.th` / `*-model-ema.th` files with X = cifar10, imagenet32, imagenet64,
+   ffhq256 or ffhq1024 (a file of another architecture stops here, with the preset it fits);
 2. the D_K probe (`X_masked --mode probe`): R_K of its frozen q(z_1..z_K | x), D_K of a fresh masked
    decoder;
 3. gamma-optimal training (`X_masked --mode gamma_optimal`, gamma = R_K): R'_K and lambda*.
 Writes OUT/table1/{results.json, report.md, table1.png, reconstructions.png}.
 
     python -m progcode_ext.experiments.table1 --hps svhn --out exp --train_flags "--data_root D"
+    python -m progcode_ext.experiments.table1 --hps imagenet32 --checkpoint \\
+        imagenet32-iter-1700000-model-ema.th --probe_steps 20000 --out exp --train_flags "--data_root D"
 """
 import os
 
 from .common import (as_uint8, default_device, eval_images, evaluate_run, grid, load_run, parse,
-                     plot, reconstructions, run_main, say, train_stage, write_results)
+                     plot, reconstructions, restore_vdvae, run_main, say, train_stage,
+                     write_results)
 
 
 def add_arguments(parser):
@@ -24,7 +29,9 @@ def add_arguments(parser):
 def run(cfg):
     device = default_device(cfg)
     ckpt = cfg.checkpoint
-    if not ckpt:
+    if ckpt:
+        restore_vdvae(cfg, ckpt)                # a wrong file: its one clear error, now
+    else:
         ckpt = os.path.join(train_stage(cfg, 'vdvae', cfg.hps), 'latest-model-ema.th')
     masked = [f'--encoder_path={ckpt}']
     probe = train_stage(cfg, 'table1-probe', f'{cfg.hps}_masked', masked + ['--mode', 'probe'],
