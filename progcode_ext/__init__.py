@@ -11,3 +11,27 @@ Progressive Coding", as extensions of the VDVAE core in `vdvae/`:
   register.py       flags and models, registered into the core
 Presets live in `hps_overrides/`.
 """
+
+
+def _import_core_package():
+    """Import progcode's `vdvae` package even where a folder on sys.path holds a checkout of
+    openai/vdvae named `vdvae` (as `git clone` names it; it has no __init__.py), e.g. when Python
+    runs from the clone's parent folder: the path scan would take that folder for a namespace
+    package `vdvae` before an editable install's finder is asked."""
+    import importlib
+    import os
+    import sys
+    if 'vdvae' in sys.modules:
+        return
+    clones = [p for p in sys.path if os.path.isdir(os.path.join(p or '.', 'vdvae'))
+              and not os.path.exists(os.path.join(p or '.', 'vdvae', '__init__.py'))]
+    if clones:
+        saved = list(sys.path)
+        sys.path[:] = [p for p in sys.path if p not in clones]
+        try:
+            importlib.import_module('vdvae')
+        finally:
+            sys.path[:] = saved
+
+
+_import_core_package()

@@ -1,7 +1,9 @@
 import json
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,3 +78,21 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
     def as_cpu_double(t):
         return torch.as_tensor(t).detach().cpu().double()
     torch.testing.assert_close(as_cpu_double(actual), as_cpu_double(expected), rtol=rtol, atol=atol)
+
+
+def write_cifar(root, n_per_batch=12, n_test=7, numpy_core=False):
+    """cifar-10-batches-py as the official archive has it (random pixels); returns the arrays."""
+    root = Path(root)
+    folder = root / 'cifar-10-batches-py'
+    folder.mkdir(parents=True)
+    arrays = []
+    for i, name in enumerate([f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']):
+        n = n_test if name == 'test_batch' else n_per_batch
+        x = np.random.RandomState(i).randint(0, 256, (n, 3072)).astype(np.uint8)
+        blob = pickle.dumps({b'batch_label': b'x', b'labels': list(range(n)), b'data': x,
+                             b'filenames': [b'f.png'] * n}, protocol=2)
+        if numpy_core:   # as the real files (pickled by Python 2 with NumPy 1) name the module
+            blob = blob.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+        (folder / name).write_bytes(blob)
+        arrays.append(x)
+    return arrays

@@ -13,7 +13,7 @@ from vdvae import data, get_hparams
 from vdvae.data import (CorruptDataError, DataError, ImageShapeError, MissingDataError,
                         UnknownDatasetError, set_up_data)
 from vdvae import prepare_data as prep
-from conftest import REPO
+from conftest import REPO, write_cifar
 
 iio = pytest.importorskip('imageio.v3')
 
@@ -54,22 +54,6 @@ def check_split_partition(splits, n_total):
 
 # ------------------------------------------------------------------------------------------------
 # cifar10
-
-def write_cifar(root, n_per_batch=12, n_test=7, numpy_core=False):
-    folder = root / 'cifar-10-batches-py'
-    folder.mkdir(parents=True)
-    arrays = []
-    for i, name in enumerate([f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']):
-        n = n_test if name == 'test_batch' else n_per_batch
-        x = np.random.RandomState(i).randint(0, 256, (n, 3072)).astype(np.uint8)
-        blob = pickle.dumps({b'batch_label': b'x', b'labels': list(range(n)), b'data': x,
-                             b'filenames': [b'f.png'] * n}, protocol=2)
-        if numpy_core:   # as the real files (pickled by Python 2 with NumPy 1) name the module
-            blob = blob.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
-        (folder / name).write_bytes(blob)
-        arrays.append(x)
-    return arrays
-
 
 @pytest.mark.parametrize('numpy_core', [False, True])
 def test_cifar10(tmp_path, monkeypatch, numpy_core):

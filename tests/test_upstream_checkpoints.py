@@ -3,7 +3,6 @@ cifar10 preset, saved as upstream saves it (`X-model.th` from the DDP-wrapped mo
 prefixed `module.`; `X-model-ema.th` without prefix; plain torch.save), on tiny cifar10-format data."""
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from progcode_ext.experiments.demo import SHORT_RUNS
 from vdvae import data, get_hparams
 from vdvae.vae import VAE
 
+from conftest import write_cifar
+
 ARCH = dict(width=16, zdim=4, num_mixtures=2, n_batch=8,
             enc_blocks='32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1',
             dec_blocks='1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1')
@@ -21,18 +22,6 @@ ARCH = dict(width=16, zdim=4, num_mixtures=2, n_batch=8,
 
 def flags(**arch):
     return ' '.join(f'--{k} {v}' for k, v in arch.items())
-
-
-def write_cifar(root, n_per_batch=12, n_test=7):
-    """cifar-10-batches-py as the official archive has it (random pixels)."""
-    folder = os.path.join(root, 'cifar-10-batches-py')
-    os.makedirs(folder)
-    for i, name in enumerate([f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']):
-        n = n_test if name == 'test_batch' else n_per_batch
-        x = np.random.RandomState(i).randint(0, 256, (n, 3072)).astype(np.uint8)
-        with open(os.path.join(folder, name), 'wb') as f:
-            pickle.dump({b'batch_label': b'x', b'labels': list(range(n)), b'data': x,
-                         b'filenames': [b'f.png'] * n}, f, protocol=2)
 
 
 def save_upstream(path, **arch):

@@ -1,0 +1,86 @@
+"""Recognising a checkout of openai/vdvae and importing its modules by name.
+
+A checkout is recognised by the names progcode hooks into, read from the files' syntax trees (no
+upstream code runs, and the repository stores none of it): `hps.HPARAMS_REGISTRY` and
+`hps.add_vae_arguments`, `vae.VAE`, `train_helpers.load_vaes` / `load_opt`, `data.set_up_data`,
+`train.main`.
+"""
+import ast
+import importlib
+import os
+import sys
+
+REQUIRED = {
+    'hps.py': ('HPARAMS_REGISTRY', 'add_vae_arguments'),
+    'vae.py': ('VAE',),
+    'train_helpers.py': ('load_vaes', 'load_opt'),
+    'data.py': ('set_up_data',),
+    'train.py': ('main',),
+}
+# Imported in this order: later modules bind names of earlier ones (`from vae import VAE`).
+MODULES = ('hps', 'utils', 'data', 'vae', 'train_helpers', 'train')
+CLONE_HINT = ('point --vdvae_root (or VDVAE_ROOT) at the folder holding upstream\'s train.py, '
+              'e.g. a `git clone https://github.com/openai/vdvae`')
+
+
+class CheckoutError(ValueError):
+    """Not a checkout progcode can hook into; the message says what is missing and the fix."""
+
+
+def top_level_names(path):
+    """Names a Python file defines or assigns at module level."""
+    with open(path, encoding='utf-8') as f:
+        tree = ast.parse(f.read(), filename=path)
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def recognise(root):
+    """The checkout's absolute path, or CheckoutError naming the first thing that is missing."""
+    if not root:
+        raise CheckoutError(f'no upstream checkout given: {CLONE_HINT}')
+    root = os.path.abspath(os.fspath(root))
+    if os.path.isfile(root):                         # the hook passes train.py's __file__
+        root = os.path.dirname(root)
+    if not os.path.isdir(root):
+        raise CheckoutError(f'{root} is not a folder; {CLONE_HINT}')
+    for name, symbols in REQUIRED.items():
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            raise CheckoutError(f'{root} is not an openai/vdvae checkout progcode recognises: it '
+                                f'has no {name}; {CLONE_HINT}')
+        try:
+            defined = top_level_names(path)
+        except (SyntaxError, UnicodeDecodeError) as e:
+            raise CheckoutError(f'{path} cannot be parsed ({e}); restore it with git checkout') from None
+        missing = [s for s in symbols if s not in defined]
+        if missing:
+            raise CheckoutError(f'{root} is not an openai/vdvae checkout progcode recognises: '
+                                f'{name} defines no {", ".join(missing)}; {CLONE_HINT}')
+    return root
+
+
+def import_modules(root):
+    """{name: module} of the checkout's modules, imported from `root` (put first on sys.path)."""
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    modules = {}
+    for name in MODULES:
+        if name == 'train' and getattr(sys.modules.get('__main__'), '__file__', None) and \
+                os.path.abspath(sys.modules['__main__'].__file__) == os.path.join(root, 'train.py'):
+            continue                # the hook: train.py is running as __main__ and imports later
+        if not os.path.isfile(os.path.join(root, name + '.py')):
+            continue                # utils.py is not required
+        module = importlib.import_module(name)
+        where = os.path.abspath(getattr(module, '__file__', '') or '')
+        if os.path.dirname(where) != root:
+            raise CheckoutError(f'a module named {name!r} from {where or "elsewhere"} is already '
+                                f'imported, not {root}/{name}.py; run from a fresh process')
+        modules[name] = module
+    return modules

@@ -1,0 +1,193 @@
+"""`install(root)`: progcode's presets, flags, models and datasets in a checkout of openai/vdvae,
+by rebinding names in its imported modules (no file is edited).
+
+Besides adding progcode, it fixes these quirks of upstream's code (spec section 9):
+* `--hps` is mandatory (an AttributeError without it) and an unknown preset is a bare KeyError:
+  `--hps` now defaults to no preset and a wrong name is a parser error listing the presets;
+* `warmup_iters 0` divides by zero (the paper's presets use 0): `linear_warmup` takes 0 as "no
+  warm-up" and otherwise keeps upstream's schedule (factor 0 at the first step, 1 from
+  warmup_iters on);
+* `save_model` writes four files one after another (and copies the log with `cp`): it now writes
+  them as one all-or-nothing set (vdvae.checkpoint.save_checkpoint_set), under the same names;
+* `update_ema` averages every parameter, which moves frozen ones (a progressive stage 1) by
+  rounding, and no buffers: it now averages trainable parameters only and copies buffers (the
+  Lagrange multiplier), and first lets the model take its multiplier step;
+* the cifar10 loader's `np.vstack(generator)` fails on NumPy >= 1.24 (upstream issue 19);
+* DDP with `device_ids` fails for a model on the CPU, and without `find_unused_parameters` for
+  the masked decoder's unused branches.
+Not changed: the first step's lr is 0; warm-up restarts on resume; a run whose gradient norm stays
+above skip_threshold stops updating for good (issue 25); evaluation averages batch means.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from progcode_ext.register import add_progcode_arguments  # (importing it registers the models)
+from vdvae import data as core_data
+from vdvae.checkpoint import recover_checkpoint_set, save_checkpoint_set
+from vdvae.hps import HPARAMS_REGISTRY, load_plugins, unknown_name_message
+from vdvae.models import MODELS
+from vdvae.train_helpers import update_ema as update_trainable_ema
+
+from . import substitutes
+from .checkout import import_modules, recognise
+from .interface import vae_factory
+
+UPSTREAM_DATASETS = ('cifar10', 'imagenet32', 'imagenet64', 'ffhq_256', 'ffhq_1024')
+_INSTALLED = {}
+
+
+def install(root):
+    """Install progcode into the checkout at `root` (its folder, or its train.py); idempotent.
+    Returns {module name: module} of the checkout."""
+    root = recognise(root)
+    if root in _INSTALLED:
+        return _INSTALLED[root]
+    done = substitutes.install_substitutes()
+    modules = import_modules(root)
+    hps, helpers = modules['hps'], modules['train_helpers']
+    load_plugins()
+    for name, preset in HPARAMS_REGISTRY.items():     # the checkout's own presets win
+        hps.HPARAMS_REGISTRY.setdefault(name, getattr(hps, 'Hyperparams', dict)(preset))
+    replacements = [
+        (hps.add_vae_arguments, with_progcode_arguments(hps.add_vae_arguments, hps.HPARAMS_REGISTRY)),
+        (modules['vae'].VAE, vae_factory(modules['vae'].VAE)),
+        (modules['data'].set_up_data, with_progcode_datasets(modules['data'].set_up_data)),
+        (torch.nn.parallel.DistributedDataParallel, substitutes.DistributedDataParallel),
+    ]
+    for name, replacement in (('update_ema', update_ema), ('save_model', save_model),
+                              ('linear_warmup', linear_warmup)):
+        if hasattr(helpers, name):
+            replacements.append((getattr(helpers, name), replacement))
+    for original, replacement in replacements:
+        rebind(modules.values(), original, replacement)
+    if getattr(modules['data'], 'np', None) is substitutes.np:
+        modules['data'].np = substitutes.NumpyWithListStacking()
+    if done and _is_main_process():
+        print(f'progcode: substitutes for {", ".join(done)} (see progcode_ext/upstream/'
+              'substitutes.py)', file=sys.stderr)
+    _INSTALLED[root] = modules
+    return modules
+
+
+def rebind(modules, original, replacement):
+    """Point every module-level name bound to `original` at `replacement` (also the copies that
+    `from x import y` made)."""
+    for module in modules:
+        for name, value in list(vars(module).items()):
+            if value is original:
+                setattr(module, name, replacement)
+
+
+def _is_main_process():
+    return all(os.environ.get(v, '0') == '0' for v in ('RANK', 'PMI_RANK', 'OMPI_COMM_WORLD_RANK'))
+
+
+# ------------------------------------------------------------------------------------------------
+# Flags
+
+class _NewOptionsOnly:
+    """A parser front that skips options the checkout's parser already has (a fork's own)."""
+
+    def __init__(self, parser):
+        self.parser = parser
+
+    def add_argument(self, *names, **kwargs):
+        if not any(n in self.parser._option_string_actions for n in names):
+            self.parser.add_argument(*names, **kwargs)
+
+
+def with_progcode_arguments(add_vae_arguments, registry):
+    def add_arguments(parser):
+        parser = add_vae_arguments(parser) or parser
+        new = _NewOptionsOnly(parser)
+        new.add_argument('--model', type=str, default='vdvae', choices=sorted(MODELS),
+                         help="network: 'vdvae' is the checkout's own VAE; stage1, two_stage and "
+                              "masked are progcode's (default: %(default)s)")
+        add_progcode_arguments(new)
+        presets = parser._option_string_actions.get('--hps') or \
+            parser._option_string_actions.get('--hparam_sets')
+        if presets is not None:
+            presets.type = preset_list(registry)
+            if presets.default is None:
+                presets.default = ''
+        return parser
+    return add_arguments
+
+
+def preset_list(registry):
+    def check(text):
+        for name in filter(None, text.split(',')):
+            if name not in registry:
+                raise argparse.ArgumentTypeError(unknown_name_message('preset', name, registry))
+        return text
+    check.__name__ = 'preset list'
+    return check
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+class UpstreamItems(torch.utils.data.Dataset):
+    """A progcode dataset with upstream's items: 1-tuples of a uint8 HWC tensor, as from a
+    TensorDataset, which upstream's loader and sample grid index with x[0]."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return (self.images[i],)
+
+
+def with_progcode_datasets(set_up_data):
+    """Upstream's `set_up_data`, which also serves progcode's datasets (svhn, celeba64,
+    lsun_bedroom64, imagefolder) with their files, splits and normalisations (docs/data.md)."""
+    def set_up_data_(H):
+        if H.dataset in UPSTREAM_DATASETS or H.dataset not in core_data.LOADERS:
+            return set_up_data(H)
+        H, train, valid, preprocess = core_data.set_up_data(H)
+        if H.image_channels != 3:
+            raise ValueError(f'{H.dataset} has {H.image_channels}-channel images, but upstream\'s '
+                             'loop handles RGB only (its sample grid and mixture of logistics); '
+                             'train it with progcode\'s train.py')
+        device = torch.device('cuda', H.local_rank or 0) if torch.cuda.is_available() else None
+        return H, UpstreamItems(train), UpstreamItems(valid), lambda x: preprocess(x, device)
+    return set_up_data_
+
+
+# ------------------------------------------------------------------------------------------------
+# train_helpers
+
+def update_ema(vae, ema_vae, ema_rate):
+    """After an applied update: the model's multiplier step, then the EMA of trainable
+    parameters (frozen ones are left exactly as they are) and a copy of the buffers."""
+    model = getattr(vae, 'module', vae)
+    if hasattr(model, 'after_update'):
+        model.after_update(model.rank_averaged_terms())
+    update_trainable_ema(model, ema_vae, float(ema_rate))
+
+
+def save_model(path, vae, ema_vae, optimizer, H):
+    """Upstream's four checkpoint files, written as one all-or-nothing set."""
+    folder, prefix = os.path.split(os.path.abspath(path))
+    recover_checkpoint_set(folder)                   # finish or drop an interrupted save first
+    files = {f'{prefix}-model.th': vae.state_dict(), f'{prefix}-model-ema.th': ema_vae.state_dict(),
+             f'{prefix}-opt.th': optimizer.state_dict()}
+    log = os.path.join(H.save_dir, 'log.jsonl')
+    if os.path.exists(log):
+        files[f'{prefix}-log.jsonl'] = log
+    save_checkpoint_set(folder, files)
+
+
+def linear_warmup(warmup_iters):
+    """Upstream's warm-up factor; warmup_iters 0 means none (upstream divides by zero)."""
+    def factor(iteration):
+        if warmup_iters <= 0 or iteration > warmup_iters:
+            return 1.0
+        return iteration / warmup_iters
+    return factor

@@ -1,0 +1,313 @@
+"""progcode inside a checkout of openai/vdvae (progcode_ext/upstream, patches/).
+
+The checkout here is the STAND-IN in tests/upstream_standin: upstream's module names, entry points
+and dependencies (CUDA, NCCL, MPI, apex) written from ../shared/spec/vdvae_upstream.md, not
+upstream code. It is copied into a folder named `vdvae`, as `git clone` names it. Installing the
+plugin changes torch for its process (the CPU substitutes), so every run is a subprocess.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_cifar
+from progcode_ext.upstream import CheckoutError, recognise
+from progcode_ext.upstream.patcher import BEGIN, PatchError, patch
+from progcode_ext.upstream.patcher import main as patcher_main
+
+STANDIN = Path(__file__).parent / 'upstream_standin'
+PATCHER = Path(__file__).parents[1] / 'patches' / 'upstream_hook.py'
+TINY = ['--width', '16', '--zdim', '4', '--n_batch', '4', '--num_mixtures', '2',
+        '--dec_blocks', '1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1',
+        '--enc_blocks', '32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1',
+        '--iters_per_save', '2', '--iters_per_print', '1', '--num_images_visualize', '2',
+        '--num_variables_visualize', '1', '--num_temperatures_visualize', '1']
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """tmp/vdvae (the stand-in checkout) and tmp/images (RGB 32x32 PNGs: 24 train, 8 valid)."""
+    import imageio
+    shutil.copytree(STANDIN, tmp_path / 'vdvae')
+    rng = np.random.RandomState(0)
+    for split, n in (('train', 24), ('valid', 8)):
+        (tmp_path / 'images' / split).mkdir(parents=True)
+        for i in range(n):
+            imageio.imwrite(tmp_path / 'images' / split / f'{i}.png',
+                            rng.randint(0, 256, (32, 32, 3), dtype=np.uint8))
+    return tmp_path
+
+
+def run(args, cwd, max_iters=3, check=True, launcher=()):
+    """A subprocess (`args` after the interpreter) with the stand-in's iteration cap."""
+    proc = subprocess.run([*launcher, sys.executable, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=dict(ENV, STANDIN_MAX_ITERS=str(max_iters)))
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def plugin(*args, **kwargs):
+    return run(['-m', 'progcode_ext.upstream', '--vdvae_root', 'vdvae', *args], **kwargs)
+
+
+def records(run_dir, kind='train_loss'):
+    with open(Path(run_dir) / 'log.jsonl') as f:
+        return [r for r in map(json.loads, f) if r.get('type') == kind]
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Recognising a checkout
+
+def test_recognise(checkout, tmp_path):
+    assert recognise(checkout / 'vdvae') == str(checkout / 'vdvae')
+    assert recognise(checkout / 'vdvae' / 'train.py') == str(checkout / 'vdvae')
+    with pytest.raises(CheckoutError, match=r'has no hps\.py.*--vdvae_root'):
+        recognise(tmp_path / 'images')
+    with pytest.raises(CheckoutError, match='no upstream checkout given'):
+        recognise(None)
+    vae_py = checkout / 'vdvae' / 'vae.py'
+    vae_py.write_text(vae_py.read_text().replace('class VAE(', 'class Model('))
+    with pytest.raises(CheckoutError, match=r'vae\.py defines no VAE'):
+        recognise(checkout / 'vdvae')
+
+
+def test_plugin_refuses_what_it_does_not_recognise(checkout):
+    proc = plugin('--hps', 'svhn_stage1', cwd=checkout / 'images', check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith('error: ') and 'vdvae is not a folder' in proc.stderr
+    env_root = run(['-m', 'progcode_ext.upstream', '--hps', 'svhn_stage1'], cwd=checkout,
+                   check=False)
+    assert env_root.returncode == 2 and 'no upstream checkout given' in env_root.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration, the model swap, the substitutes and the fixes (in one process)
+
+REGISTRATION = textwrap.dedent('''
+    import argparse, sys, torch
+    from progcode_ext.stage1 import Stage1VAE
+    from progcode_ext.upstream import install, plugin
+    from progcode_ext.upstream.interface import UpstreamInterface
+
+    m = install('vdvae')
+    assert install('vdvae') is m                                    # idempotent
+    hps, helpers, train, vae = m['hps'], m['train_helpers'], m['train'], m['vae']
+    cifar10 = hps.HPARAMS_REGISTRY['cifar10']
+
+    # progcode's presets in upstream's registry (upstream's own kept), its flags in its parser
+    assert isinstance(hps.HPARAMS_REGISTRY['svhn_stage1'], hps.Hyperparams)
+    assert hps.HPARAMS_REGISTRY['cifar10'] is cifar10
+
+    def parse(*argv):
+        H = hps.Hyperparams()
+        hps.parse_args_and_update_hparams(H, hps.add_vae_arguments(argparse.ArgumentParser()), list(argv))
+        return H
+    H = parse('--hps', 'svhn_stage1', '--distortion_target', '0.01', *sys.argv[1:])
+    assert (H.model, H.distortion_target, H.dataset, H.warmup_iters) == ('stage1', 0.01, 'svhn', 0)
+    assert parse().model == 'vdvae'                                 # --hps is optional now
+    try:
+        parse('--hps', 'svhn_stage9')
+        raise AssertionError('an unknown preset was accepted')
+    except SystemExit as e:
+        assert e.code == 2
+
+    # the model swap, in every module that bound upstream's VAE
+    assert helpers.VAE is vae.VAE and vae.VAE.upstream_vae.__module__ == 'vae'
+    H.image_size, H.image_channels = 32, 3
+    model = helpers.VAE(H)
+    assert isinstance(model, Stage1VAE) and isinstance(model, UpstreamInterface)
+    assert list(model.state_dict()) == list(Stage1VAE(H).state_dict())    # no wrapper prefix
+    H.model = 'vdvae'
+    assert type(helpers.VAE(H)) is vae.VAE.upstream_vae
+
+    # upstream's contract: scalar stats; 'elbo' carries the objective
+    x = torch.randn(2, 32, 32, 3)
+    stats = model(x, x.clamp(-1, 1))
+    assert all(v.dim() == 0 for v in stats.values()) and 'loss' not in stats
+    assert {'elbo', 'rate', 'distortion', 'eta'} <= set(stats)
+
+    # train_helpers' replacements, also where train.py imported them
+    for name in ('update_ema', 'save_model', 'linear_warmup'):
+        assert getattr(helpers, name) is getattr(plugin, name), name
+    assert train.update_ema is helpers.update_ema and train.save_model is helpers.save_model
+    assert helpers.linear_warmup(0)(0) == 1.0 and helpers.linear_warmup(10)(0) == 0.0
+    assert helpers.linear_warmup(10)(5) == 0.5 and helpers.linear_warmup(10)(11) == 1.0
+    assert helpers.AdamW.__module__ == 'progcode_ext.upstream.substitutes'      # no apex here
+    assert helpers.DistributedDataParallel.__module__ == 'progcode_ext.upstream.substitutes'
+    assert torch.zeros(1).cuda().device.type == 'cpu'                           # no CUDA here
+
+    # data: progcode's datasets through upstream's set_up_data, items as upstream's
+    D = parse('--hps', 'svhn', '--dataset', 'imagefolder', '--data_root', 'images')
+    D.local_rank = 0
+    D, train_data, valid_data, preprocess = m['data'].set_up_data(D)
+    assert (len(train_data), len(valid_data), D.image_size) == (24, 8, 32)
+    assert isinstance(train_data[0], tuple) and train_data[0][0].shape == (32, 32, 3)
+    inp, target = preprocess([torch.stack([train_data[i][0] for i in range(2)])])
+    assert inp.shape == (2, 32, 32, 3) and float(target.abs().max()) <= 1
+    try:
+        m['data'].set_up_data(parse('--hps', 'mnist5k'))
+        raise AssertionError('1-channel data was accepted')
+    except ValueError as e:
+        assert 'RGB only' in str(e)
+    print('ok')
+''')
+
+
+def test_registration_model_swap_and_fixes(checkout):
+    script = checkout / 'check_registration.py'
+    script.write_text(REGISTRATION)
+    proc = run([str(script)], cwd=checkout)
+    assert proc.stdout.strip().endswith('ok')
+    assert 'progcode: substitutes for apex' in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Training through upstream's loop
+
+def test_progressive_coding_under_upstreams_loop(checkout):
+    """Stage 1 by the plugin's command (3 steps), resumed by upstream's restore flags, then stage 2
+    by the patched train.py; the multiplier survives the checkpoint, stage 1 stays bit-identical."""
+    runs = checkout / 'runs'
+    common = [*TINY, '--dataset', 'imagefolder', '--data_root', str(checkout / 'images'),
+              '--save_dir', str(runs)]
+    # D (about 0.45) is below this target, so eta falls, and fast at this multiplier learning rate
+    eta_flags = ['--distortion_target', '2.0', '--eta_lr', '0.05', '--eta_ema_rate', '0.5']
+    plugin('--hps', 'svhn_stage1', *eta_flags, *common, '--desc', 'stage1', cwd=checkout)
+    s1 = runs / 'stage1'
+    log = records(s1)
+    assert [r['step'] for r in log] == [0, 1, 2]
+    assert all(r['skipped_updates'] == 0 and r['lr'] == 2e-4 for r in log)   # warmup_iters 0
+    etas = [r['eta'] for r in log]
+    assert etas[0] == pytest.approx(0.9999) and etas[0] > etas[1] > etas[2]
+    assert log[0]['elbo'] == pytest.approx((1 - etas[0]) * log[0]['rate'] + etas[0] * log[0]['distortion'],
+                                           rel=1e-4)
+    model, ema = load(s1 / 'latest-model.th'), load(s1 / 'latest-model-ema.th')
+    eta_saved = float(model['module.objective.multiplier.eta'])       # after 2 updates
+    assert eta_saved == pytest.approx(etas[2], rel=1e-6)
+    assert float(ema['objective.multiplier.eta']) == eta_saved       # buffers copied to the EMA
+    assert sorted(p.name for p in s1.iterdir() if p.suffix == '.png') == ['samples-0.png', 'samples-1.png']
+
+    plugin('--hps', 'svhn_stage1', *eta_flags, *common, '--desc', 'resumed',
+           '--restore_path', str(s1 / 'latest-model.th'),
+           '--restore_ema_path', str(s1 / 'latest-model-ema.th'),
+           '--restore_optimizer_path', str(s1 / 'latest-opt.th'),
+           '--restore_log_path', str(s1 / 'latest-log.jsonl'), cwd=checkout, max_iters=1)
+    resumed = records(runs / 'resumed')
+    assert resumed[0]['step'] == 1 and resumed[0]['eta'] == pytest.approx(eta_saved, rel=1e-6)
+
+    assert patcher_main(['apply', str(checkout / 'vdvae')]) == 0
+    run(['train.py', '--hps', 'svhn_stage2', '--stage1_path', str(s1), *common, '--desc', 'stage2'],
+        cwd=checkout / 'vdvae', max_iters=2)
+    s2 = runs / 'stage2'
+    log = records(s2)
+    assert [r['step'] for r in log] == [0, 1]
+    for r in log:       # 'elbo' is the joint -ELBO of the two stages
+        assert r['elbo'] == pytest.approx(r['distortion'] + r['rate_stage1'] + r['rate_stage2'], rel=1e-4)
+    stage1 = load(s1 / 'latest-model-ema.th')
+    for name, weights in (('latest-model.th', 'module.stage1.'), ('latest-model-ema.th', 'stage1.')):
+        saved = load(s2 / name)
+        assert saved.keys() >= {weights + k for k in stage1}
+        for k, v in stage1.items():
+            assert torch.equal(saved[weights + k], v), (name, k)
+        changed = [k for k in saved if k.startswith(weights.replace('stage1', 'stage2'))]
+        assert changed                                              # and stage 2 is there
+
+
+def test_upstreams_own_vae_and_data_with_the_fixes(checkout):
+    """--model vdvae keeps the checkout's VAE and its cifar10 loader (the np.vstack fix), with
+    warmup_iters 0 (the division fix); checkpoints are upstream's files, written as one set."""
+    write_cifar(checkout / 'cifar')
+    plugin('--hps', 'cifar10', *TINY, '--warmup_iters', '0', '--data_root', str(checkout / 'cifar'),
+           '--save_dir', str(checkout / 'runs'), '--desc', 'vdvae', cwd=checkout, max_iters=2)
+    run_dir = checkout / 'runs' / 'vdvae'
+    log = records(run_dir)
+    assert [r['step'] for r in log] == [0, 1] and log[0]['lr'] == 2e-4
+    assert {'elbo', 'distortion', 'rate'} <= set(log[0]) and 'eta' not in log[0]
+    model = load(run_dir / 'latest-model.th')
+    assert all(k.startswith('module.') for k in model) and 'module.decoder.gain' in model
+    assert {p.name for p in run_dir.iterdir()} >= {'latest-model.th', 'latest-model-ema.th',
+                                                  'latest-opt.th', 'latest-log.jsonl'}
+    assert not [p for p in run_dir.iterdir() if p.name.endswith('.pending')]
+
+
+def test_mpiexec_two_ranks(checkout):
+    """Upstream's launcher: two MPI ranks (gloo on the CPU) keep one multiplier."""
+    mpiexec = Path(sys.executable).with_name('mpiexec')
+    if not mpiexec.exists():
+        pytest.skip('mpiexec not installed (pip install mpi4py mpich, as .ci/run does)')
+    plugin('--hps', 'svhn_stage1', *TINY, '--distortion_target', '2.0', '--eta_lr', '0.05',
+           '--dataset', 'imagefolder', '--data_root', str(checkout / 'images'),
+           '--save_dir', str(checkout / 'runs'), '--desc', 'mpi', '--port', '29617',
+           cwd=checkout, launcher=(str(mpiexec), '-n', '2'))
+    assert {r['key']: r['value'] for r in records(checkout / 'runs' / 'mpi', 'hparam')}['mpi_size'] == 2
+    log = records(checkout / 'runs' / 'mpi')
+    assert [r['step'] for r in log] == [0, 1, 2] and log[1]['eta'] < log[0]['eta']
+    ema = load(checkout / 'runs' / 'mpi' / 'latest-model-ema.th')
+    assert float(ema['objective.multiplier.eta']) == pytest.approx(log[2]['eta'], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# The patcher
+
+def test_patcher_apply_dry_run_revert(checkout, capsys):
+    train_py = checkout / 'vdvae' / 'train.py'
+    original = train_py.read_bytes()
+    diff = patch(checkout / 'vdvae', 'apply', dry_run=True)
+    assert train_py.read_bytes() == original                        # dry run: nothing written
+    added = [line[1:] for line in diff.splitlines() if line.startswith('+') and not line.startswith('+++')]
+    assert added[0] == BEGIN and '_progcode_install(__file__)' in added
+    assert patch(checkout / 'vdvae', 'apply') == diff
+    lines = train_py.read_text().splitlines()
+    first_import = next(i for i, line in enumerate(lines) if line.startswith(('import ', 'from ')))
+    assert lines[first_import - 1] == BEGIN                         # before upstream's first import
+    patched = train_py.read_bytes()
+    assert patch(checkout / 'vdvae', 'apply') == '' and train_py.read_bytes() == patched
+    assert 'already applied' in capsys.readouterr().out
+    assert patch(checkout / 'vdvae', 'revert', dry_run=True).count('\n-') == len(added)
+    assert train_py.read_bytes() == patched
+    patch(checkout / 'vdvae', 'revert')
+    assert train_py.read_bytes() == original                        # byte for byte
+    assert patch(checkout / 'vdvae', 'revert') == ''
+
+
+def test_patcher_keeps_line_endings_and_future_imports(checkout):
+    train_py = checkout / 'vdvae' / 'train.py'
+    text = train_py.read_text().replace('\nimport os\n', '\nfrom __future__ import annotations\nimport os\n', 1)
+    original = text.replace('\n', '\r\n').encode()
+    train_py.write_bytes(original)
+    patch(checkout / 'vdvae', 'apply')
+    lines = train_py.read_bytes().split(b'\r\n')
+    assert b'\n' not in b''.join(lines)                              # still CRLF throughout
+    at = lines.index(BEGIN.encode())
+    assert lines[at - 1] == b'from __future__ import annotations'
+    patch(checkout / 'vdvae', 'revert')
+    assert train_py.read_bytes() == original
+
+
+def test_patcher_refuses(checkout, capsys):
+    assert patcher_main(['apply', str(checkout / 'images')]) == 2
+    assert 'error:' in capsys.readouterr().err
+    train_py = checkout / 'vdvae' / 'train.py'
+    patch(checkout / 'vdvae', 'apply')
+    edited = train_py.read_text().replace('_progcode_install(__file__)', '_progcode_install("x")')
+    train_py.write_text(edited)
+    for action in ('apply', 'revert'):
+        with pytest.raises(PatchError, match='edited or partial progcode hook.*git checkout'):
+            patch(checkout / 'vdvae', action)
+    assert train_py.read_text() == edited                           # left as it was
+    proc = subprocess.run([sys.executable, str(PATCHER), 'revert', str(checkout / 'vdvae')],
+                          capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 2 and proc.stderr.startswith('error:')
