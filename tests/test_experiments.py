@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from progcode_ext.experiments import demo, lpips_vs_mse, profile, rd_curve, table1, table2
+from progcode_ext.experiments import common, demo, lpips_vs_mse, profile, rd_curve, table1, table2
 
 
 @pytest.fixture(scope='module')
@@ -75,3 +75,11 @@ def test_profile_of_a_trained_checkpoint(cfg):
     assert all(a['rate'] <= b['rate'] + 1e-12 for a, b in zip(rows, rows[1:]))
     assert all(r['distortion'] > 0 for r in rows[:-1]) and rows[-1]['distortion'] is None
     assert res['rows'][1]['k'] == 3
+
+
+def test_a_finished_stage_with_other_settings_is_not_reused(cfg):
+    if not os.path.exists(os.path.join(cfg.out, 'runs', 'vdvae', 'latest-state.th')):
+        table1.train_stage(cfg, 'vdvae', cfg.hps)
+    assert table1.train_stage(cfg, 'vdvae', cfg.hps, ['--save_dir', 'elsewhere']).endswith('vdvae')
+    with pytest.raises(common.ExperimentError, match=r"lr: [0-9.]+ -> 0\.5.*use another --out"):
+        table1.train_stage(cfg, 'vdvae', cfg.hps, ['--lr', '0.5'])

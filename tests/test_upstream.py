@@ -230,8 +230,10 @@ def test_upstreams_own_vae_and_data_with_the_fixes(checkout):
     """--model vdvae keeps the checkout's VAE and its cifar10 loader (the np.vstack fix), with
     warmup_iters 0 (the division fix); checkpoints are upstream's files, written as one set."""
     write_cifar(checkout / 'cifar')
-    plugin('--hps', 'cifar10', *TINY, '--warmup_iters', '0', '--data_root', str(checkout / 'cifar'),
+    patch(checkout / 'vdvae', 'apply')          # the command also works on a hooked checkout
+    proc = plugin('--hps', 'cifar10', *TINY, '--warmup_iters', '0', '--data_root', str(checkout / 'cifar'),
            '--save_dir', str(checkout / 'runs'), '--desc', 'vdvae', cwd=checkout, max_iters=2)
+    assert proc.stderr.count('progcode: substitutes for') == 1
     run_dir = checkout / 'runs' / 'vdvae'
     log = records(run_dir)
     assert [r['step'] for r in log] == [0, 1] and log[0]['lr'] == 2e-4

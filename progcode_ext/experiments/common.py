@@ -20,7 +20,7 @@ import torch
 from vdvae.checkpoint import load_file, restore_params
 from vdvae.data import set_up_data
 from vdvae.evaluation import evaluate, load_batch
-from vdvae.hps import Hyperparams, setup_hparams
+from vdvae.hps import Hyperparams, add_vae_arguments, parse_flags, setup_hparams
 from vdvae.images import tile_images, write_image
 from vdvae.models import build_model
 from vdvae.vae import VAE
@@ -63,12 +63,19 @@ def train_stage(cfg, name, preset, flags=(), steps=None):
     runs = os.path.join(cfg.out, 'runs')
     run_dir = os.path.join(runs, name)
     state_path = os.path.join(run_dir, 'latest-state.th')
-    done = load_file(state_path)['step'] if os.path.exists(state_path) else 0
+    argv = ['--hps', preset, *shlex.split(cfg.train_flags), *flags, '--save_dir', runs, '--desc',
+            name, '--num_iters', str(steps), '--quiet']
+    done = 0
+    if os.path.exists(state_path):
+        changed = changed_settings(run_dir, argv)
+        if changed:
+            raise ExperimentError(f'{run_dir} was trained with other settings ({changed}); its '
+                                  'results do not belong to this command: use another --out')
+        done = load_file(state_path)['step']
     if done >= steps:
         say(f'{name}: finished earlier ({done} steps), not re-run')
         return run_dir
-    argv = ['--hps', preset, *shlex.split(cfg.train_flags), *flags, '--save_dir', runs, '--desc',
-            name, '--num_iters', str(steps), '--quiet'] + (['--resume'] if done else [])
+    argv += ['--resume'] if done else []
     say(f'{name}: training {preset} for {steps} steps' + (f' (resuming at {done})' if done else ''))
     start = time.time()
     if os.environ.get('LAUNCH'):
@@ -80,6 +87,21 @@ def train_stage(cfg, name, preset, flags=(), steps=None):
         raise ExperimentError(f'stage {name} failed (exit {rc}); see {run_dir}/log.txt')
     say(f'{name}: done in {time.time() - start:.0f} s')
     return run_dir
+
+
+# Flags that say where and how long a stage runs, not what it computes.
+RUN_CONTROL = {'save_dir', 'desc', 'num_iters', 'num_epochs', 'resume', 'overwrite', 'quiet',
+               'device', 'compile', 'port'}
+
+
+def changed_settings(run_dir, argv):
+    """'key: then -> now' for each flag of `argv` whose value differs from the one the run in
+    `run_dir` was started with ('' when none does)."""
+    with open(os.path.join(run_dir, 'hparams.json')) as f:
+        saved = json.load(f)
+    H = parse_flags(add_vae_arguments(argparse.ArgumentParser()), argv)
+    return ', '.join(f'{k}: {saved[k]!r} -> {v!r}' for k, v in sorted(H.items())
+                     if k not in RUN_CONTROL and v is not None and k in saved and saved[k] != v)
 
 
 def restore_vdvae(cfg, path):

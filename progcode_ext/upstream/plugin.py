@@ -43,10 +43,11 @@ def install(root):
     """Install progcode into the checkout at `root` (its folder, or its train.py); idempotent.
     Returns {module name: module} of the checkout."""
     root = recognise(root)
-    if root in _INSTALLED:
+    if root in _INSTALLED:          # also when a hooked train.py is imported by install itself
         return _INSTALLED[root]
+    _INSTALLED[root] = modules = {}
     done = substitutes.install_substitutes()
-    modules = import_modules(root)
+    modules.update(import_modules(root))
     hps, helpers = modules['hps'], modules['train_helpers']
     load_plugins()
     for name, preset in HPARAMS_REGISTRY.items():     # the checkout's own presets win
@@ -68,7 +69,6 @@ def install(root):
     if done and _is_main_process():
         print(f'progcode: substitutes for {", ".join(done)} (see progcode_ext/upstream/'
               'substitutes.py)', file=sys.stderr)
-    _INSTALLED[root] = modules
     return modules
 
 
