@@ -91,6 +91,11 @@ def test_plugin_refuses_what_it_does_not_recognise(checkout):
     env_root = run(['-m', 'progcode_ext.upstream', '--hps', 'svhn_stage1'], cwd=checkout,
                    check=False)
     assert env_root.returncode == 2 and 'no upstream checkout given' in env_root.stderr
+    data_py = checkout / 'vdvae' / 'data.py'
+    data_py.write_text('import progcode_absent_module\n' + data_py.read_text())
+    proc = plugin('--hps', 'svhn_stage1', cwd=checkout, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith('error: ')
+    assert "data.py cannot be imported (No module named 'progcode_absent_module')" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------

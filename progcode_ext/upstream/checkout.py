@@ -77,7 +77,12 @@ def import_modules(root):
             continue                # the hook: train.py is running as __main__ and imports later
         if not os.path.isfile(os.path.join(root, name + '.py')):
             continue                # utils.py is not required
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise CheckoutError(f'the checkout\'s {name}.py cannot be imported ({e}); install what '
+                                'it names into this Python (upstream also needs scikit-learn and '
+                                'torchvision: pip install scikit-learn torchvision)') from None
         where = os.path.abspath(getattr(module, '__file__', '') or '')
         if os.path.dirname(where) != root:
             raise CheckoutError(f'a module named {name!r} from {where or "elsewhere"} is already '

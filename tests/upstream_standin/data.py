@@ -3,13 +3,15 @@
 
 cifar10 only (spec §7). Quirks kept: the training batches are stacked with `np.vstack(<generator>)`,
 which raises TypeError on NumPy >= 1.24 (spec §9), and `preprocess_func` moves every batch to CUDA
-with `.cuda(non_blocking=True)`.
+with `.cuda(non_blocking=True)`. The split is scikit-learn's `train_test_split`, as upstream's; unlike
+upstream, torchvision is not imported (ffhq_1024 is not served here).
 """
 import os
 import pickle
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 
@@ -33,15 +35,10 @@ def cifar10(data_root):
                       for i in range(1, 6))
     test = unpickle_cifar10(os.path.join(folder, 'test_batch'))[b'data']
     train, test = _to_nhwc(train), _to_nhwc(test)
-    # Upstream: sklearn's train_test_split(train, test_size=5000, random_state=11172018). sklearn is
-    # not installed here, and progcode's vdvae/data.py reproduces that split inline in
-    # load_cifar10 (no importable function for other sizes), so it is reproduced the same way:
-    # RandomState(11172018).permutation(n), the first n_valid -> valid, the rest -> train, which is
-    # what ShuffleSplit does. STAND-IN SIMPLIFICATION: n_valid = min(5000, n // 5) so tiny test data
-    # works (5000 for the real 50k set).
-    n_valid = min(5000, len(train) // 5)
-    perm = np.random.RandomState(11172018).permutation(len(train))
-    return train[perm[n_valid:]], train[perm[:n_valid]], test
+    # STAND-IN SIMPLIFICATION: upstream holds out 5000; min(5000, n // 5) lets tiny test data work.
+    train, valid = train_test_split(train, test_size=min(5000, len(train) // 5),
+                                    random_state=11172018)
+    return train, valid, test
 
 
 def set_up_data(H):
