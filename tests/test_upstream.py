@@ -249,6 +249,17 @@ def test_upstreams_own_vae_and_data_with_the_fixes(checkout):
                                                   'latest-opt.th', 'latest-log.jsonl'}
     assert not [p for p in run_dir.iterdir() if p.name.endswith('.pending')]
 
+    # the D_K probe of Table 1 on that upstream-format file (DDP keys), in upstream's loop (DDP
+    # over a model with unused parameters)
+    plugin('--hps', 'cifar10_masked', '--encoder_path', str(run_dir / 'latest-model.th'), *TINY,
+           '--data_root', str(checkout / 'cifar'), '--save_dir', str(checkout / 'runs'),
+           '--desc', 'probe', cwd=checkout, max_iters=2)
+    probe = records(checkout / 'runs' / 'probe')
+    assert [r['step'] for r in probe] == [0, 1] and all(r['elbo'] == r['distortion'] for r in probe)
+    saved = load(checkout / 'runs' / 'probe' / 'latest-model-ema.th')
+    encoder = {k[len('module.'):]: v for k, v in model.items() if k.startswith('module.encoder.')}
+    assert encoder and all(torch.equal(saved[k], v) for k, v in encoder.items())   # the frozen q
+
 
 def test_mpiexec_two_ranks(checkout):
     """Upstream's launcher: two MPI ranks (gloo on the CPU) keep one multiplier."""
