@@ -102,8 +102,9 @@ def set_up_hyperparams(s=None):
 
 
 def restore_params(model, path, local_rank, mpi_size, map_ddp=True, map_cpu=False):
-    # upstream also fetches gs:// paths with gsutil (first rank per node first); not in the stand-in
-    state_dict = torch.load(path, map_location='cpu' if map_cpu else None)
+    # upstream also fetches gs:// paths with gsutil (first rank per node first); not in the stand-in.
+    # weights_only=True: torch's default since 2.6, which upstream's plain torch.load relies on
+    state_dict = torch.load(path, map_location='cpu' if map_cpu else None, weights_only=True)
     if map_ddp:
         state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v
                       for k, v in state_dict.items()}
@@ -145,7 +146,8 @@ def load_opt(H, vae, logprint):
                       betas=(H.adam_beta1, H.adam_beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=linear_warmup(H.warmup_iters))
     if H.restore_optimizer_path:
-        optimizer.load_state_dict(torch.load(H.restore_optimizer_path, map_location='cpu'))
+        optimizer.load_state_dict(torch.load(H.restore_optimizer_path, map_location='cpu',
+                                             weights_only=True))
     if H.restore_log_path:
         cur_eval_loss, iterate, starting_epoch = restore_log(H.restore_log_path, H.local_rank,
                                                              H.mpi_size)
