@@ -46,8 +46,17 @@ def install(root):
     if root in _INSTALLED:          # also when a hooked train.py is imported by install itself
         return _INSTALLED[root]
     _INSTALLED[root] = modules = {}
+    try:
+        modules.update(_install(root))
+    except BaseException:
+        del _INSTALLED[root]
+        raise
+    return modules
+
+
+def _install(root):
     done = substitutes.install_substitutes()
-    modules.update(import_modules(root))
+    modules = import_modules(root)
     hps, helpers = modules['hps'], modules['train_helpers']
     load_plugins()
     for name, preset in HPARAMS_REGISTRY.items():     # the checkout's own presets win
