@@ -146,8 +146,8 @@ def load_opt(H, vae, logprint):
                       betas=(H.adam_beta1, H.adam_beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=linear_warmup(H.warmup_iters))
     if H.restore_optimizer_path:
-        optimizer.load_state_dict(torch.load(H.restore_optimizer_path, map_location='cpu',
-                                             weights_only=True))
+        state = torch.load(H.restore_optimizer_path, map_location='cpu', weights_only=True)
+        optimizer.load_state_dict(state)
     if H.restore_log_path:
         cur_eval_loss, iterate, starting_epoch = restore_log(H.restore_log_path, H.local_rank,
                                                              H.mpi_size)
