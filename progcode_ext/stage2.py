@@ -11,8 +11,9 @@ How x_hat enters (A.4 leaves the mechanics open; these are our choices):
    2w inputs), exactly as the posterior branch reads [state, encoder activation]. The prior mean
    and log-std, and the prior's residual update of the state, therefore depend on x_hat; through
    the state so do all later blocks, the posterior, and the likelihood.
-x_hat is passed on the loss-target scale [-1, 1]; the image input keeps the dataset's
-normalisation. The head is the discretized mixture of logistics, trained by the ELBO.
+x_hat is passed on the loss-target scale (that of the [-1, 1] data, unclamped: the mean head's
+output as it is); the image input keeps the dataset's normalisation. The head is the discretized
+mixture of logistics, trained by the ELBO.
 """
 import math
 

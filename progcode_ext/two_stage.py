@@ -11,6 +11,13 @@ Two trainings of the same networks (same functional form, same parameters):
   gradient, eval mode, bit-identical throughout); stage 2 minimises its own negative ELBO.
 * conventional: both stages trained jointly on the joint negative ELBO; gradients flow through
   x_hat into stage 1.
+
+Stage 2 always receives x_hat as the mean head puts it out, unclamped: in training
+(`stage1_posterior`), in reconstruction and in sampling (`x_hat_from_latents`, used by `sample` and
+by the upstream interface's sample grid). The conventional training has no distortion term on
+x_hat, so there it is a free bottleneck and lies largely outside [-1, 1]; clamping it only when
+sampling would hand stage 2 inputs it never saw in training, on the conventional side only (a bias
+in Table 2's comparison). x_hat is clamped to [-1, 1] only where it becomes a uint8 picture.
 """
 import os
 
@@ -78,18 +85,27 @@ class TwoStageHVAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x, x_target):
-        """(x_hat as uint8, a stage-2 sample given x_hat and the posterior z2 as uint8)."""
+        """(x_hat as uint8, a stage-2 sample given the unclamped x_hat and the posterior z2 as
+        uint8)."""
         x_hat, _, _ = self.stage1_posterior(x, x_target)
         _, stats, _, _ = self.stage2(x, x_target, x_hat, get_latents=True)
         full = self.stage2.sample(x_hat, t=0.1, latents=[s['z'] for s in stats])
         return to_uint8(torch.clamp(x_hat, -1, 1)), full
 
     @torch.no_grad()
-    def sample(self, n, t1=1.0, t2=1.0):
-        """(x_hat from the stage-1 prior at t1, then x ~ stage 2 at t2), both NumPy uint8 NHWC."""
-        x_hat = self.stage1.decoder.out_net(self.stage1.decoder.forward_uncond(n, t=t1))
-        x_hat = torch.clamp(x_hat, -1, 1)
-        return to_uint8(x_hat), self.stage2.sample(x_hat, t=t2)
+    def x_hat_from_latents(self, n, latents=(), t=None):
+        """x_hat (NHWC, unclamped, as stage 2 receives it in training) for n images, with stage 1's
+        first len(latents) latents fixed to `latents` and the rest drawn from its prior at
+        temperature t (None, a number, or one per block). No latents: a prior sample."""
+        return self.stage1.decoder.out_net(
+            self.stage1.decoder.forward_manual_latents(n, list(latents), t=t))
+
+    @torch.no_grad()
+    def sample(self, n, t1=1.0, t2=1.0, latents=()):
+        """(x_hat from stage 1 at t1, first len(latents) of its latents fixed; then x ~ stage 2 at
+        t2 given that unclamped x_hat), both NumPy uint8 NHWC (the picture of x_hat clamped)."""
+        x_hat = self.x_hat_from_latents(n, latents, t=t1)
+        return to_uint8(torch.clamp(x_hat, -1, 1)), self.stage2.sample(x_hat, t=t2)
 
     def visualize(self, originals, x_in, x_target):
         """Rows for the training loop's sample grid: originals, stage-1 reconstructions x_hat,

@@ -124,3 +124,37 @@ def test_plugin_presets_of_the_paper_are_registered():
     H = get_hparams('celeba64')
     assert (H.image_size, H.n_batch) == (64, 6) and H.dec_blocks.endswith('64m32,64x5')
     assert get_hparams('lsun64').dataset == 'lsun_bedroom64'
+
+
+A1 = dict(width=384, zdim=16, lr=2e-4, skip_threshold=500.0, ema_rate=0.9999, adam_beta1=0.9,
+          adam_beta2=0.9, warmup_iters=0)
+A1_DEC64 = '1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21,64m32,64x5'
+A1_ENC64 = '64x5,64d2,32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3'
+A1_PRESETS = {
+    'svhn': dict(dataset='svhn', n_batch=12, dec_blocks='1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21',
+                 enc_blocks='32x11,32d2,16x6,16d2,8x6,8d2,4x3,4d4,1x3'),
+    'celeba64': dict(dataset='celeba64', n_batch=6, dec_blocks=A1_DEC64, enc_blocks=A1_ENC64),
+    'lsun64': dict(dataset='lsun_bedroom64', n_batch=6, dec_blocks=A1_DEC64, enc_blocks=A1_ENC64),
+}
+
+
+@pytest.mark.parametrize('name', sorted(A1_PRESETS))
+def test_paper_presets_are_A1_over_upstreams_argparse_defaults(name):
+    """A.1's presets are fresh presets over upstream's argparse defaults as A.1 changes them
+    (hps_overrides/paper.py): no weight decay, no warm-up, A.1's values; every other key is the
+    argparse default. Read as cifar10 plus A.1 instead, only wd would differ (cifar10's 0.01)."""
+    H = get_hparams(name)
+    assert H.wd == 0.0 and H.warmup_iters == 0
+    for key, value in {**A1, **A1_PRESETS[name]}.items():
+        assert H[key] == value, (key, H[key], value)
+    assert (H.image_size, H.image_channels) == ((32, 3) if name == 'svhn' else (64, 3))
+    defaults = get_hparams()
+    own = {*A1, *A1_PRESETS[name], 'hparam_sets', 'image_size', 'image_channels'}
+    for key in H.keys() - own:
+        assert H[key] == defaults[key], (key, H[key], defaults[key])
+    assert (H.grad_clip, H.num_mixtures, H.epochs_per_eval) == (200.0, 10, 10)
+    on_cifar10 = get_hparams('cifar10', **A1, **A1_PRESETS[name])
+    assert {k for k in H if H[k] != on_cifar10[k]} == {'wd', 'hparam_sets'}
+    assert on_cifar10.wd == 0.01
+    for derived in ('_stage1', '_stage2', '_conventional', '_masked'):
+        assert (get_hparams(name + derived).wd, get_hparams(name + derived).warmup_iters) == (0.0, 0)

@@ -1,15 +1,18 @@
 """The paper's models on CPU-sized mnist5k configurations: stage 1, masked decoder (probe and
 gamma-optimal), stage 2, the two-stage HVAE (progressive and conventional), and their training."""
+import numpy as np
 import pytest
 import torch
 
 from vdvae import train
 from progcode_ext.latent_groups import progressive_blocks
 from progcode_ext.masked import MaskedDecoder
+from progcode_ext.stage1 import Stage1VAE
 from progcode_ext.stage2 import ConditionalVAE
 from vdvae import get_hparams
 from vdvae.logger import read_jsonl
 from vdvae.models import build_model
+from vdvae.vae_helpers import to_uint8
 
 ARCH = dict(width=16, zdim=4, num_mixtures=3, enc_blocks='32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1',
             dec_blocks='1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1')
@@ -148,6 +151,77 @@ def test_two_stage_samples_and_reconstructions():
     x, y = batch(2)
     recon_hat, recon = model.reconstruct(x, y)
     assert recon_hat.shape == recon.shape == (2, 32, 32, 1)
+
+
+def wide_x_hat(stage1):
+    """Move stage 1 off init's zero branches and scale its mean head by 20, so that x_hat lies
+    mostly outside [-1, 1], as the free bottleneck of a conventional training does."""
+    with torch.no_grad():
+        for p in stage1.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        stage1.decoder.out_net.out_conv.weight.mul_(20)
+    return stage1
+
+
+def two_stage_with_wide_x_hat(training, tmp_path):
+    torch.manual_seed(0)
+    if training == 'conventional':
+        model = build_model(get_hparams('mnist5k_conventional', **ARCH))
+        wide_x_hat(model.stage1)
+        return model
+    stage1 = wide_x_hat(Stage1VAE(get_hparams('mnist5k_stage1', **ARCH)))
+    ckpt = tmp_path / 'stage1-model-ema.th'                 # the stage-1 checkpoint it loads
+    torch.save(stage1.state_dict(), ckpt)
+    model = build_model(get_hparams('mnist5k_stage2', stage1_path=str(ckpt), **ARCH))
+    loaded = model.stage1.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in stage1.state_dict().items())
+    return model
+
+
+@pytest.mark.parametrize('training', ['progressive', 'conventional'])
+def test_stage2_gets_the_same_unclamped_x_hat_in_training_and_sampling(training, tmp_path):
+    model = two_stage_with_wide_x_hat(training, tmp_path)
+    seen = []                                               # what stage 2 is given as x_hat
+    model.stage2.cond_encoder.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].detach().clone()))
+    x, y = batch(3)
+
+    # training: x_hat from one posterior sample of stage 1, unclamped
+    drawn = []                                              # stage 1's z, as its blocks use them
+    hooks = [block.z_proj.register_forward_pre_hook(lambda m, args: drawn.append(args[0].clone()))
+             for block in model.stage1.decoder.dec_blocks]
+    model.train()
+    torch.manual_seed(5)
+    model(x, y)
+    for hook in hooks:
+        hook.remove()
+    (trained,) = seen
+    assert (trained.abs() > 1).float().mean() > 0.5 and trained.abs().max() > 5
+
+    # sampling from the prior: stage 2 gets x_hat unclamped; only its picture is clamped
+    model.eval()
+    torch.manual_seed(1)
+    picture, _ = model.sample(3, t1=0.9, t2=0.9)
+    prior = seen[1]
+    assert prior.abs().max() > 5 and (prior - trained).abs().max() > 1
+    assert np.array_equal(picture, to_uint8(torch.clamp(prior, -1, 1)))
+    torch.manual_seed(1)
+    assert torch.equal(model.x_hat_from_latents(3, t=0.9), prior)
+
+    # the same posterior latents: forward_get_latents under the same seed draws the same z
+    torch.manual_seed(5)
+    latents = [s['z'] for s in model.stage1.forward_get_latents(x)]
+    assert len(latents) == len(drawn) and all(map(torch.equal, latents, drawn))
+
+    # sampling with all of stage 1's latents fixed to those: stage 2 gets the same x_hat. The
+    # posterior pass and forward_manual_latents run the same operations but in another memory
+    # layout (the posterior's state takes the encoder activations' strides), so they agree up to
+    # float32 rounding on x_hat's scale (a few ulps of its largest values), not bit for bit.
+    picture, samples = model.sample(3, latents=latents)
+    sampled = seen[2]
+    torch.testing.assert_close(sampled, trained, rtol=1e-6, atol=1e-6 * float(trained.abs().max()))
+    assert np.array_equal(picture, to_uint8(torch.clamp(sampled, -1, 1)))
+    assert picture.dtype == samples.dtype == np.uint8 and samples.shape == (3, 32, 32, 1)
 
 
 def test_masked_probe_and_gamma_optimal_from_a_trained_vdvae(runs, tmp_path):

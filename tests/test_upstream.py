@@ -179,6 +179,37 @@ def test_registration_model_swap_and_fixes(checkout):
     assert 'progcode: substitutes for apex' in proc.stderr
 
 
+def test_sample_grid_gives_stage2_the_unclamped_x_hat_of_training():
+    """The grid's "first k latents fixed" rows (forward_samples_set_latents, in process: no
+    checkout needed) hand stage 2 the x_hat it gets in training, unclamped."""
+    from vdvae import get_hparams
+    from vdvae.models import build_model
+    from progcode_ext.upstream.interface import with_upstream_interface
+    arch = dict(width=16, zdim=4, num_mixtures=2, enc_blocks='32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1',
+                dec_blocks='1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1')
+    torch.manual_seed(0)
+    model = with_upstream_interface(build_model(get_hparams('mnist5k_conventional', **arch)))
+    with torch.no_grad():                   # x_hat mostly outside [-1, 1], as conventional's is
+        for p in model.stage1.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.stage1.decoder.out_net.out_conv.weight.mul_(20)
+    seen = []
+    model.stage2.cond_encoder.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].detach().clone()))
+    x = torch.randn(3, 32, 32, 1)
+    torch.manual_seed(5)
+    model(x, x.clamp(-1, 1))
+    torch.manual_seed(5)                    # the same draws: the z stage 1 used in training
+    latents = [s['z'] for s in model.forward_get_latents(x)]
+    samples = model.forward_samples_set_latents(3, latents, t=0.1)
+    trained, sampled = seen
+    assert trained.abs().max() > 5
+    # equal up to float32 rounding (the posterior pass runs in another memory layout)
+    torch.testing.assert_close(sampled, trained, rtol=1e-6, atol=1e-6 * float(trained.abs().max()))
+    assert isinstance(samples, np.ndarray) and samples.dtype == np.uint8
+    assert samples.shape == (3, 32, 32, 1)
+
+
 # ------------------------------------------------------------------------------------------------
 # Training through upstream's loop
 

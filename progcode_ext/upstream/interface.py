@@ -43,7 +43,8 @@ class UpstreamInterface:
 
     # The sample grid. Its "first k latents fixed" rows fix the first k latents the model's
     # posterior exposes: stage 1's z_1..z_K for the two-stage HVAE (then x_hat, then stage 2),
-    # z_1..z_K of the frozen posterior for the D_K probe.
+    # z_1..z_K of the frozen posterior for the D_K probe. The two-stage rows go through
+    # `TwoStageHVAE.sample`, so stage 2 gets x_hat unclamped, as in training.
 
     def forward_get_latents(self, x):
         if hasattr(self, 'stage1'):
@@ -56,9 +57,7 @@ class UpstreamInterface:
     @torch.no_grad()
     def forward_samples_set_latents(self, n_batch, latents, t=None):
         if hasattr(self, 'stage1'):
-            x_hat = self.stage1.decoder.out_net(
-                self.stage1.decoder.forward_manual_latents(n_batch, latents, t=t))
-            return self.stage2.sample(torch.clamp(x_hat, -1, 1), t=t)
+            return np.asarray(self.sample(n_batch, t1=t, t2=t, latents=latents)[1])
         return self.decoder.out_net.sample(self.decoder.forward_manual_latents(n_batch, latents, t))
 
     @torch.no_grad()
