@@ -20,7 +20,7 @@ def test_sample_from_upstream_weights_reproduces_upstream_samples(reference_dir,
     assert rc == 0
     grid = imageio.imread(out)
     expected = tile_images(ref['uncond']['t_1.0']['samples_uint8'].numpy(), 4)
-    assert grid.shape == expected.shape == (8, 32, 3)
+    assert grid.shape == expected.shape == (128, 4 * 128 + 3 * 2, 3)   # 8x8 cells upscaled 16x
     diff = np.abs(grid.astype(int) - expected.astype(int))
     assert diff.max() <= 1 and (diff > 0).sum() <= 3
 
@@ -29,13 +29,13 @@ def test_sample_random_init_says_so_and_accepts_per_block_t(tmp_path, capsys):
     out = tmp_path / 'sub' / 'grid.png'
     assert main(['sample', *TINY8, '--n', '3', '--t', '0.1,0.5,0.9', '--out', str(out)]) == 0
     assert 'RANDOMLY INITIALISED' in capsys.readouterr().err
-    assert imageio.imread(out).shape == (16, 16, 3)        # 2x2 grid, one blank cell
+    assert imageio.imread(out).shape == (258, 258, 3)      # 2x2 grid, one blank cell
 
 
 def test_one_channel_grid(tmp_path):
     out = tmp_path / 'g.png'
     assert main(['sample', *TINY8, '--image_channels', '1', '--n', '2', '--out', str(out)]) == 0
-    assert imageio.imread(out).shape == (8, 16)
+    assert imageio.imread(out).shape == (128, 258)
 
 
 @pytest.mark.parametrize('args,message', [
@@ -70,4 +70,4 @@ def test_sample_from_the_papers_models(tmp_path, preset):
     out = tmp_path / 'g.png'
     assert main(['sample', '--hps', preset, '--width', '16', '--zdim', '4', '--n', '2',
                  '--out', str(out)]) == 0
-    assert imageio.imread(out).shape == (32, 64)
+    assert imageio.imread(out).shape == (128, 258)

@@ -165,28 +165,7 @@ def eval_images(run_dir, device, n):
     return images.numpy(), x_in, x_target
 
 
-def grid(rows, path):
-    """Rows of uint8 NHWC images (same count each) -> one PNG."""
-    rows = [np.asarray(r) for r in rows]
-    write_image(path, tile_images(np.concatenate(rows), rows[0].shape[0]))
-    return path
-
-
-def as_uint8(x):
-    return to_uint8(torch.clamp(x, -1, 1))
-
-
-def plot(path, draw):
-    """Write a matplotlib figure drawn by `draw(ax)` to `path` (PNG)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4.5, 3.5), dpi=120)
-    draw(ax)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+from .figures import as_uint8, grid, plot  # noqa: E402,F401 (re-exported)
 
 
 def write_results(out, name, results, report_lines):

@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 from ..metrics import perceptual_distance
 from .common import (metrics_cache, as_uint8, default_device, eval_images, load_run, parse, plot, reconstructions,
                      run_main, say, write_results)
+from .figures import log_axis
 from .rd_curve import add_arguments as add_rd_arguments
 from .rd_curve import parse_targets, stage1_runs
 
@@ -54,7 +55,7 @@ def run(cfg):
         ax.plot([r['mse'] for r in by_mse], [r['perceptual'] for r in by_mse], 'o-')
         for r in rows:
             ax.annotate(f"{r['target']:g}", (r['mse'], r['perceptual']), fontsize=7)
-        ax.set_xscale('log')
+        log_axis(ax, 'x', [r['target'] for r in rows])
         ax.set_xlabel('MSE per dim ([-1,1] scale)')
         ax.set_ylabel(name)
         ax.set_title(f'{cfg.hps}: {name} vs MSE (Spearman {rho:.2f})')

@@ -8,6 +8,7 @@ import os
 
 from .common import (as_uint8, default_device, eval_images, evaluate_run, grid, load_run, parse,
                      plot, reconstructions, run_main, train_stage, write_results)
+from .figures import log_axis
 
 PAPER_TARGETS = '0.0512,0.0256,0.0128,0.0064,0.0032,0.0016,0.0008'
 
@@ -57,7 +58,7 @@ def run(cfg):
         ax.plot([r['distortion'] for r in rows], [r['rate'] for r in rows], 'o-', label='reached')
         for r in rows:
             ax.axvline(r['target'], color='gray', lw=0.5, ls=':')
-        ax.set_xscale('log')
+        log_axis(ax, 'x', [r['target'] for r in rows])
         ax.set_xlabel('distortion: MSE per dim ([-1,1] scale)')
         ax.set_ylabel('rate (nats/dim)')
         ax.set_title(f'{cfg.hps}: stage-1 rate vs distortion')
