@@ -21,6 +21,12 @@ Configurations (see CONFIGS):
   ours-*    `ours` less one of these (ablations), or `ours-compile` with torch.compile. See
             BENCHMARKS.md.
 
+`--layouts 1x2,2x1` measures throughput instead: for each layout PROCSxTHREADS, PROCS workers of
+`--configs`' first configuration train at once, THREADS threads each (as the experiments' `--jobs`
+runs independent models side by side); the figure is steps per second of all of them together,
+PROCS / (their median seconds per step), with ratios to the first layout. Layouts interleave over
+`--runs` like configurations.
+
 `--amp bf16` (or `fp16`, with train.py's gradient scaler) runs the model's forward under
 `torch.autocast(dtype=torch.bfloat16)` (or float16); the model
 computes the DMoL likelihood and the KL terms in float32 either way (vdvae/vae.py), and the
@@ -88,6 +94,9 @@ def parse_args(argv=None):
                    help=f"comma-separated, from: {', '.join(CONFIGS)} (default: baseline,ours)")
     p.add_argument('--quick', action='store_true',
                    help='a tiny 8x8 model, 1 warm-up + 2 timed steps, 1 run (for tests)')
+    p.add_argument('--layouts', default=None, metavar='PxT,...',
+                   help='throughput of P processes with T threads each, side by side, e.g. 1x2,2x1 '
+                        '(CPU; the first of --configs)')
     p.add_argument('--json', default=None, metavar='PATH', help='write the results here')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)   # internal: one run
     args = p.parse_args(argv)
@@ -102,6 +111,16 @@ def parse_args(argv=None):
             p.error(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
     if args.steps < 1 or args.runs < 1 or args.warmup < 0:
         p.error('need --steps >= 1, --runs >= 1 and --warmup >= 0')
+    if args.layouts is not None:
+        try:
+            args.layouts = [tuple(int(n) for n in layout.split('x')) for layout in
+                            args.layouts.split(',')]
+        except ValueError:
+            p.error(f'--layouts {args.layouts!r}: expected PxT,... e.g. 1x2,2x1')
+        if any(len(layout) != 2 or min(layout) < 1 for layout in args.layouts):
+            p.error('--layouts: every PxT needs P >= 1 and T >= 1')
+        if args.device != 'cpu':
+            p.error('--layouts is for --device cpu')
     return args
 
 
@@ -245,15 +264,44 @@ def machine_info(args):
     return info
 
 
-def spawn(argv, config):
-    """Run one measurement in a fresh Python process; returns its result dict."""
+def spawn(argv, config, processes=1):
+    """Run one measurement in fresh Python processes (`processes` of them at once); returns the
+    result dict of each."""
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, '--worker', config]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f'benchmark worker for {config!r} failed:\n{proc.stderr[-4000:]}')
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(processes)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f'benchmark worker for {config!r} failed:\n{err[-4000:]}')
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def throughput(argv, args):
+    """--layouts: steps per second of P side-by-side workers of T threads, per layout."""
+    config = args.configs.split(',')[0]
+    per_layout = {f'{p}x{t}': [] for p, t in args.layouts}
+    for run in range(args.runs):
+        for p, t in args.layouts:
+            results = spawn(argv + ['--threads', str(t)], config, processes=p)   # the last wins
+            step = statistics.median(r['step_s_median'] for r in results)
+            per_layout[f'{p}x{t}'].append(dict(step_s=step, steps_per_s=p / step,
+                                               worker_step_s=[r['step_s_median'] for r in results]))
+            print(f'run {run + 1}/{args.runs} {p} process(es) x {t} thread(s): {step:.3f} s per '
+                  f'step each, {p / step:.2f} steps/s in all', file=sys.stderr, flush=True)
+    out = {}
+    first = None
+    for name, runs in per_layout.items():
+        rate = statistics.median(r['steps_per_s'] for r in runs)
+        first = first or rate
+        out[name] = dict(steps_per_s=rate, ratio=rate / first,
+                         step_s=statistics.median(r['step_s'] for r in runs), runs=runs)
+        print(f'{name:>6}: {rate:.2f} steps/s ({rate / first:.2f}x {next(iter(per_layout))})')
+    return out
 
 
 def summarize(per_config):
@@ -282,9 +330,18 @@ def main(argv=None):
     names = args.configs.split(',')
     per_config = {name: [] for name in names}
     load_before = os.getloadavg()
+    if args.layouts:
+        results = dict(machine=machine_info(args), command=' '.join(['bench/bench.py', *argv]),
+                       hparam_overrides=overrides(args), config=names[0],
+                       layouts=throughput(argv, args), loadavg_before=load_before,
+                       loadavg_after=os.getloadavg())
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=1) + '\n')
+        return results
     for run in range(args.runs):
         for name in names:
-            result = spawn(argv, name)
+            result, = spawn(argv, name)
             per_config[name].append(result)
             print(f"run {run + 1}/{args.runs} {name:>20}: step {result['step_s_median']:.3f} s  "
                   f"eval {result['eval_s_median']:.3f} s  "

@@ -189,3 +189,8 @@ class MaskedVAE(VAE):
 
     def after_update(self, stats):
         self.objective.lagrangian_step(stats)
+
+    def reconstruct(self, x):
+        """Mean images (NHWC, target scale) decoded from one posterior sample of z_1..z_K."""
+        px_z, _ = self.decoder(self.encoder(x))
+        return self.decoder.out_net(px_z)

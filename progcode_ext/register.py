@@ -16,9 +16,13 @@ def add_progcode_arguments(parser):
       help=_d('masked gamma_optimal: gamma, the R_K target in nats/dim; None: the trained R_K'))
     a('--progressive_res', type=int, default=None,
       help=_d('z_1..z_K = decoder blocks at resolution <= this; None: image size / 8'))
-    a('--eta_init', type=float, default=0.9999, help=_d('Lagrange multiplier eta at the start'))
+    a('--eta_init', type=float, default=None,
+      help=_d('Lagrange multiplier eta at the start; None: the rate weighed least, as A.5\'s KL '
+              'annealing (0.9999 lambda-optimal, 1e-4 gamma-optimal, where eta weighs the rate)'))
     a('--eta_lr', type=float, default=2e-4, help=_d("eta's Adam learning rate"))
     a('--eta_ema_rate', type=float, default=0.99, help=_d('moving average of eta'))
+    a('--eta_lr_decay', type=float, default=None,
+      help=_d("eta's Adam lr at step t is eta_lr / sqrt(1 + t / this); None: constant (A.5)"))
     a('--stage1_path', type=str, default=None,
       help=_d('stage 2 (progressive): the stage-1 run folder or checkpoint'))
     a('--training', choices=('progressive', 'conventional'), default='progressive',

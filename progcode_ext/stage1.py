@@ -17,7 +17,7 @@ def with_psnr(stats):
 
 
 def multiplier_kwargs(H):
-    return dict(init=H.eta_init, lr=H.eta_lr, ema_rate=H.eta_ema_rate)
+    return dict(init=H.eta_init, lr=H.eta_lr, ema_rate=H.eta_ema_rate, lr_decay=H.eta_lr_decay)
 
 
 class Stage1VAE(VAE):

@@ -11,6 +11,7 @@
 #   NGPU        GPUs per stage (default 1); LAUNCHER torchrun (default) or mpiexec when NGPU > 1
 #   FID_WEIGHTS, LPIPS_WEIGHTS   local weight files where the machine cannot download them
 #   STEPS, PROBE_STEPS           override 800000 / 400000 (e.g. for a shorter trial)
+#   SEEDS       training seeds for Tables 1 and 2, e.g. 0,1,2 (default 0; the claims are checked on each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PRESET=${1:?usage: scripts/paper_protocol.sh PRESET (svhn, celeba64 or lsun64)}
@@ -26,7 +27,7 @@ if [ "$NGPU" -gt 1 ]; then
     *) echo "LAUNCHER must be torchrun or mpiexec" >&2; exit 2 ;;
   esac
 fi
-common=(--hps "$PRESET" --out "$OUT" --steps "$STEPS" "--train_flags=--data_root $DATA_ROOT")
+common=(--hps "$PRESET" --out "$OUT" --steps "$STEPS" --seeds "${SEEDS:-0}" "--train_flags=--data_root $DATA_ROOT")
 fid=(); [ -n "${FID_WEIGHTS:-}" ] && fid=(--fid_weights "$FID_WEIGHTS")
 lpips=(); [ -n "${LPIPS_WEIGHTS:-}" ] && lpips=(--lpips_weights "$LPIPS_WEIGHTS")
 

@@ -48,6 +48,21 @@ def test_bench_quick_writes_json(tmp_path):
     assert written['machine']['torch'] == torch.__version__
 
 
+def test_bench_layouts_measure_side_by_side_throughput(tmp_path):
+    out = tmp_path / 'layouts.json'
+    results = load_bench().main(['--quick', '--configs', 'ours', '--layouts', '1x1,2x1',
+                                 '--json', str(out)])
+    written = json.loads(out.read_text())
+    assert list(written['layouts']) == list(results['layouts']) == ['1x1', '2x1']
+    one, two = written['layouts']['1x1'], written['layouts']['2x1']
+    assert one['ratio'] == 1.0 and two['ratio'] > 0
+    assert len(two['runs'][0]['worker_step_s']) == 2                  # two workers at once
+    assert two['steps_per_s'] == pytest.approx(2 / two['step_s'])
+    for bad in ('1x', '0x2', 'ax1'):
+        with pytest.raises(SystemExit):
+            load_bench().parse_args(['--layouts', bad])
+
+
 def test_bench_rejects_unknown_config():
     with pytest.raises(SystemExit):
         load_bench().main(['--configs', 'nope'])

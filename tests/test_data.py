@@ -343,6 +343,26 @@ def test_mnist5k():
     assert target.min().item() == -1.0 and target.max().item() == 1.0
 
 
+def test_mnist16_is_mnist5k_pooled_2x2():
+    H, train, valid, preprocess = set_up_data(get_hparams('mnist16'))
+    assert (H.image_size, H.image_channels) == (16, 1)
+    big, small = data.load_splits('mnist5k'), data.load_splits('mnist16')
+    for k in ('train', 'valid', 'test'):
+        np.testing.assert_array_equal(small[k].indices, big[k].indices)
+        np.testing.assert_array_equal(small[k].labels, big[k].labels)
+    x = all_items(small['train']).astype(np.float64)
+    digits = all_items(big['train'])[:, 2:30, 2:30, 0].astype(np.float64)
+    pooled = np.floor(digits.reshape(-1, 14, 2, 14, 2).mean(axis=(2, 4)) + 0.5)
+    np.testing.assert_array_equal(x[:, 1:15, 1:15, 0], pooled)
+    assert x[:, 0].max() == 0 and x[:, 15].max() == 0 and x[:, :, 0].max() == 0 \
+        and x[:, :, 15].max() == 0
+    mean, std = data.pixel_stats(small['train'])
+    assert abs(mean - data.MNIST16_MEAN) < 1e-3 and abs(std - data.MNIST16_STD) < 1e-3
+    inp, target = preprocess(train[np.arange(64)], 'cpu')
+    assert inp.shape == (64, 16, 16, 1) and abs(inp.mean().item()) < 0.3
+    assert target.min().item() == -1.0 and target.max().item() <= 1.0
+
+
 def test_mnist5k_preset_builds_a_small_model():
     from vdvae import VAE
     H = get_hparams('mnist5k')

@@ -1,18 +1,23 @@
 """Each experiment end to end on a CPU-sized config: results.json, report.md and the PNGs are
-written and non-empty, finished stages are not re-run, and the demo report states each claim."""
+written and non-empty, finished stages are not re-run, claims are inconclusive when a model failed
+a convergence check, and the demo report states each claim. Plus the stage planner and the
+convergence checks on their own."""
 import json
 import os
 
 import pytest
 
-from progcode_ext.experiments import common, demo, lpips_vs_mse, profile, rd_curve, table1, table2
+from progcode_ext.experiments import (common, convergence, demo, lpips_vs_mse, profile, rd_curve,
+                                      stages, table1, table2)
+from progcode_ext.experiments.stages import Stage
 
 
 @pytest.fixture(scope='module')
 def cfg(tmp_path_factory):
-    cfg = demo.config(str(tmp_path_factory.mktemp('exp')), 'quick')
-    cfg.steps = cfg.probe_steps = 3
+    cfg = demo.config(str(tmp_path_factory.mktemp('exp')), 'quick', jobs=1)
+    cfg.steps = cfg.probe_steps = 5
     cfg.targets = '0.05,0.02'
+    cfg.distortion_target = 0.02
     cfg.n_eval, cfg.n_images, cfg.n_samples = 32, 16, 48
     cfg.train_flags += ' --n_batch 8'
     return cfg
@@ -26,60 +31,159 @@ def written(folder, *names):
         return json.load(f)
 
 
-def test_experiments_end_to_end(cfg, capsys):
+def test_experiments_end_to_end(cfg, capsys, monkeypatch):
     row = table1.run(cfg)
     res = written(os.path.join(cfg.out, 'table1'), 'report.md', 'table1.png', 'reconstructions.png')
-    assert res['K'] == 3 and res['R_K'] >= 0 and res['D_K'] > 0 and 'claim_held' in res
-    assert row['gamma'] == pytest.approx(res['gamma'])
+    assert res['K'] == 5 and res['progressive_res'] == 8           # mnist16: z_1..z_K at <= 8
+    assert res['rows'][0]['R_K'] >= 0 and res['rows'][0]['D_K'] > 0
+    assert [s['res'] for s in res['rate_shares']] == [1, 4, 8, 16]
+    assert res['rate_shares'][-1]['share'] == pytest.approx(1.0)
+    # 5 steps cannot converge: the claim is inconclusive and names the failed check
+    assert row['verdict'] == res['verdict'] == 'inconclusive'
+    report = open(os.path.join(cfg.out, 'table1', 'report.md')).read()
+    assert '**inconclusive** —' in report and 'failed' in report
+    assert {c['model'] for c in res['checks']} == {'vdvae-seed0', 'table1-probe-seed0',
+                                                  'table1-gamma-seed0'}
 
-    rows = rd_curve.run(cfg)
+    rd = rd_curve.run(cfg)
     res = written(os.path.join(cfg.out, 'rd_curve'), 'report.md', 'rd_curve.png', 'reconstructions.png')
-    assert [r['target'] for r in rows] == [0.05, 0.02] == [r['target'] for r in res['rows']]
+    assert [r['target'] for r in rd['rows']] == [0.05, 0.02] == [r['target'] for r in res['rows']]
+    assert all(c['check'] == 'D within 10% of its target' for c in res['checks'])
 
     res = lpips_vs_mse.run(cfg)
     written(os.path.join(cfg.out, 'lpips_vs_mse'), 'report.md', 'lpips_vs_mse.png')
-    assert res['metric'] == 'PD-mnist5k' and len(res['rows']) == 2
+    assert res['metric'] == 'PD-mnist16' and len(res['rows']) == 2
     report = open(os.path.join(cfg.out, 'lpips_vs_mse', 'report.md')).read()
     assert 'not LPIPS' in report
 
+    # Table 2's reference statistics are the training split's (FID's usual reference)
+    seen = []
+    real = table2.sample_quality
+
+    def spy(samples, reference, dataset, **kwargs):
+        seen.append((len(reference), kwargs['reference_split']))
+        return real(samples, reference, dataset, **kwargs)
+    monkeypatch.setattr(table2, 'sample_quality', spy)
     res = table2.run(cfg)
     written(os.path.join(cfg.out, 'table2'), 'report.md', 'table2.png',
             'samples-progressive.png', 'samples-conventional.png')
-    assert res['metric'] == 'FD-mnist5k'
-    assert res['progressive']['parameters'] == res['conventional']['parameters']
+    assert seen == [(4000, 'train')] * 2
+    assert res['metric'] == 'FD-mnist16'
+    assert res['rows'][0]['progressive']['parameters'] == res['rows'][0]['conventional']['parameters']
+    assert res['sample_metric_verdict'] == res['elbo_verdict'] == 'inconclusive'
     assert 'not FID' in open(os.path.join(cfg.out, 'table2', 'report.md')).read()
 
-    # table2's stage 1 is rd_curve's run at the preset's target when it is in the series; every
-    # stage is finished now, so a second pass trains nothing
+    # table2's stage 1 is rd_curve's run at its target; every stage is finished now, so a second
+    # pass trains nothing
     capsys.readouterr()
     table1.run(cfg)
     out = capsys.readouterr().out
     assert 'training' not in out and 'not re-run' in out
 
 
+def test_demo_report_names_each_claim_and_the_failed_checks(cfg):
+    results = dict(table1=table1.report(cfg), rd_curve=rd_curve.report(cfg),
+                   lpips_vs_mse=lpips_vs_mse.report(cfg), table2=table2.report(cfg))
+    text = '\n'.join(demo.report_lines(cfg, results, 1.0, 0.5))
+    assert text.count('| **inconclusive** |') == 5
+    assert 'This is the smoke test' in text and 'Convergence checks:' in text
+    # the shared stage 1 (rd_curve and table2) is checked once
+    assert text.count('- stage1-0.02-seed0:') == 1
+
+
 def test_without_weights_and_without_standin_the_error_names_the_file(cfg, capsys):
-    assert lpips_vs_mse.main(['--hps', 'mnist5k', '--out', cfg.out, '--steps', '3',
+    assert lpips_vs_mse.main(['--hps', 'mnist16', '--out', cfg.out, '--steps', '5',
                               '--targets', '0.05,0.02', '--train_flags=' + cfg.train_flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and 'LPIPS' in err and '--lpips_weights' in err
 
 
 def test_profile_of_a_trained_checkpoint(cfg):
-    ckpt = os.path.join(cfg.out, 'runs', 'vdvae', 'latest-model-ema.th')
+    ckpt = os.path.join(cfg.out, 'runs', 'vdvae-seed0', 'latest-model-ema.th')
     if not os.path.exists(ckpt):
-        table1.train_stage(cfg, 'vdvae', cfg.hps)
+        stages.run_stages(cfg, table1.stages(cfg)[:1])
     cfg.checkpoint, cfg.probe_steps = ckpt, 2
-    rows = profile.run(cfg)
+    try:
+        rows = profile.run(cfg)
+    finally:
+        cfg.checkpoint, cfg.probe_steps = None, 5
     res = written(os.path.join(cfg.out, 'profile'), 'report.md', 'profile.png')
-    assert [r['res'] for r in rows] == [1, 4, 8, 16, 32] and [r['k'] for r in rows] == [1, 3, 5, 7, 9]
+    assert [r['res'] for r in rows] == [1, 4, 8, 16] and [r['k'] for r in rows] == [1, 3, 5, 7]
     assert all(a['rate'] <= b['rate'] + 1e-12 for a, b in zip(rows, rows[1:]))
     assert all(r['distortion'] > 0 for r in rows[:-1]) and rows[-1]['distortion'] is None
-    assert res['rows'][1]['k'] == 3
+    assert res['rows'][2]['k'] == 5 and res['table1']['res'] == 8
 
 
 def test_a_finished_stage_with_other_settings_is_not_reused(cfg):
-    if not os.path.exists(os.path.join(cfg.out, 'runs', 'vdvae', 'latest-state.th')):
-        table1.train_stage(cfg, 'vdvae', cfg.hps)
-    assert table1.train_stage(cfg, 'vdvae', cfg.hps, ['--save_dir', 'elsewhere']).endswith('vdvae')
-    with pytest.raises(common.ExperimentError, match=r"lr: [0-9.]+ -> 0\.5.*use another --out"):
-        table1.train_stage(cfg, 'vdvae', cfg.hps, ['--lr', '0.5'])
+    vdvae = table1.stages(cfg)[0]
+    stages.run_stages(cfg, [vdvae])
+    assert stages.run_stages(cfg, [vdvae])[vdvae.name].endswith('vdvae-seed0')
+    changed = Stage(vdvae.name, vdvae.preset, vdvae.steps, vdvae.flags + ('--lr', '0.5'))
+    with pytest.raises(common.ExperimentError, match=r"lr: [0-9.e-]+ -> 0\.5.*use another --out"):
+        stages.run_stages(cfg, [changed])
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage planner
+
+def test_parallel_stages_respect_dependencies_and_train_in_subprocesses(cfg, tmp_path):
+    cfg2 = demo.config(str(tmp_path), 'quick', jobs=2)
+    cfg2.train_flags += ' --n_batch 4'
+    plan = [Stage('a', 'mnist16_stage1', 5), Stage('b', 'mnist16', 5),
+            Stage('c', 'mnist16_stage2', 5, (f"--stage1_path={tmp_path / 'runs' / 'a'}",),
+                  after=('a',))]
+    folders = stages.run_stages(cfg2, plan)
+    for name in 'abc':
+        assert common.run_steps(folders[name]) == 5
+        assert os.path.exists(os.path.join(folders[name], 'iter-4-model-ema.th'))  # 4/5 of 5
+    # each trained in its own one-thread process (2 cores / 2 jobs, or 1 where there is 1 core)
+    assert os.path.getsize(tmp_path / 'runs' / 'c.out') >= 0
+
+
+def test_a_failed_parallel_stage_is_one_clear_error(tmp_path):
+    cfg = demo.config(str(tmp_path), 'quick', jobs=2)
+    plan = [Stage('bad', 'mnist16', 5, ('--width', 'wide'))]
+    with pytest.raises(common.ExperimentError, match=r"stage bad failed \(exit 2\).*width"):
+        stages.run_stages(cfg, plan)
+
+
+def test_plan_checks_and_critical_path():
+    a, b = Stage('a', 'p', 10), Stage('b', 'p', 10, cost=3.0)
+    c = Stage('c', 'p', 100, after=('a',))
+    assert stages.check_plan([a, b, c, a]) == [a, b, c]
+    with pytest.raises(common.ExperimentError, match="two different stages are named 'a'"):
+        stages.check_plan([a, Stage('a', 'p', 11)])
+    with pytest.raises(common.ExperimentError, match='needs stage z, which is not planned'):
+        stages.check_plan([Stage('y', 'p', 1, after=('z',))])
+    # a waits for nothing but has the longest chain behind it: it goes first
+    assert stages.critical_path([a, b, c]) == {'a': 110, 'b': 30, 'c': 100}
+    assert stages.last_fifth_step(1500) == 1200 and stages.last_fifth_step(5) == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# The convergence checks
+
+def test_convergence_checks():
+    ok = convergence.reaches_target('m', 'D', 0.0068, 0.0064)
+    assert ok.passed and '+6.2%' in ok.detail
+    assert not convergence.reaches_target('m', 'D', 0.0057, 0.0064).passed         # -10.9%
+    assert convergence.settled('m', '-ELBO', 1.000, 0.981, 1000).passed                # -1.9%
+    moved = convergence.settled('m', '-ELBO', 1.000, 0.979, 1000)
+    assert not moved.passed and '-2.10%' in moved.detail
+    missing = convergence.settled('m', '-ELBO', None, 0.9, 1000)
+    assert not missing.passed and 'no checkpoint' in missing.detail
+    short = convergence.settled('m', '-ELBO', 1.0, 1.0, 249)             # a window of 49 steps
+    assert not short.passed and 'too short to tell' in short.detail
+    assert convergence.verdict([True, True], [ok]) == 'held'
+    assert convergence.verdict([True, False], [ok]) == 'did not hold'
+    assert convergence.verdict([True, True], [ok, moved]) == 'inconclusive'
+    assert 'm: -ELBO moved < 2%' in convergence.describe_failures([ok, moved])
+
+
+def test_seeds_and_steps_are_validated():
+    assert common.parse_seeds('0,1,2') == [0, 1, 2]
+    for bad in ('', '0,0', 'a'):
+        with pytest.raises(ValueError, match='--seeds'):
+            common.parse_seeds(bad)
+    with pytest.raises(ValueError, match='--steps 3: at least 5'):
+        common.parse(['--steps', '3', '--out', '/tmp/x'], 'd')

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from progcode_ext.experiments import profile, table1
-from progcode_ext.experiments.demo import SHORT_RUNS
+from progcode_ext.experiments.demo import RUN_FLAGS
 from vdvae import data, get_hparams
 from vdvae.vae import VAE
 
@@ -42,7 +42,7 @@ def setup(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setitem(data.VALID_COUNT, 'cifar10', 10)     # 60 training images: 50 train, 10 valid
     files = save_upstream(os.path.join(root, 'cifar10-seed0-iter-900000'), **ARCH)
-    train_flags = f'{flags(**ARCH)} --data_root {root} {SHORT_RUNS}'
+    train_flags = f'{flags(**ARCH)} --data_root {root} {RUN_FLAGS}'
     yield root, files, train_flags
     mp.undo()
 
@@ -89,8 +89,8 @@ def test_table1_on_upstream_files(setup):
         assert table1.main(['--hps', 'cifar10', '--checkpoint', path, '--probe_steps', '2',
                             '--out', out, '--device', 'cpu', '--n_eval', '8',
                             '--train_flags=' + train_flags]) == 0
-        rows.append(results(out, 'table1'))
-        with open(os.path.join(out, 'runs', 'table1-probe', 'hparams.json')) as f:
+        rows.append(results(out, 'table1')['rows'][0])
+        with open(os.path.join(out, 'runs', 'table1-probe-seed0', 'hparams.json')) as f:
             assert json.load(f)['model'] == 'masked'        # cifar10_masked
     a, b = rows
     assert a['K'] == 3 and a['R_K'] > 0 and a['D_K'] > 0 and np.isfinite(a['lambda_star_upper_bound'])

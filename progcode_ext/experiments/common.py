@@ -1,18 +1,17 @@
-"""What the experiment drivers share: training stages that are never re-run once finished, loading
-a finished run, evaluating it once, image grids, plots and the report.
+"""What the experiment drivers share: their flags, loading and evaluating finished runs once, the
+per-seed summaries and the report files. Training stages are planned and run by `stages.py`;
+convergence checks are `convergence.py`; figures are `figures.py`.
 
-A stage is one `train.py` run in `OUT/runs/NAME`. It is finished when its `latest-state.th` has
-reached the stage's step count; an unfinished one is resumed exactly. With the environment variable
-LAUNCH set (e.g. `LAUNCH="torchrun --nproc_per_node 8"` or `LAUNCH="mpiexec -n 8"`), stages run as
-`$LAUNCH train.py ...` on many GPUs; otherwise in this process.
+Each experiment module has `stages(cfg)` (the training it needs, as `Stage`s), `report(cfg)` (its
+numbers, checks, plots and report.md from the finished runs) and `run(cfg)` (both). The demo
+plans the stages of all experiments at once, so that independent ones train side by side.
 """
 import argparse
 import json
 import os
+import platform
 import shlex
-import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
@@ -20,26 +19,25 @@ import torch
 from vdvae.checkpoint import load_file, restore_params
 from vdvae.data import set_up_data
 from vdvae.evaluation import evaluate, load_batch
-from vdvae.hps import Hyperparams, add_vae_arguments, parse_flags, setup_hparams
-from vdvae.images import tile_images, write_image
+from vdvae.hps import Hyperparams, setup_hparams
 from vdvae.models import build_model
 from vdvae.vae import VAE
-from vdvae.vae_helpers import to_uint8
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class ExperimentError(RuntimeError):
-    pass
+from .figures import as_uint8, grid, plot  # noqa: F401 (the drivers import them from here)
+from .stages import ExperimentError, last_fifth_step, run_dir, say  # noqa: F401
 
 
 def add_common_arguments(parser):
     a = parser.add_argument
-    a('--hps', default='mnist5k', help='dataset preset: mnist5k, svhn, celeba64 or lsun64; with '
-      '--checkpoint also upstream\'s cifar10, imagenet32, imagenet64, ffhq256, ffhq1024 '
+    a('--hps', default='mnist16', help='dataset preset: mnist16, mnist5k, svhn, celeba64 or lsun64; '
+      'with --checkpoint also upstream\'s cifar10, imagenet32, imagenet64, ffhq256, ffhq1024 '
       '(default: %(default)s)')
     a('--out', default='experiments', help='output folder; re-running resumes it (default: %(default)s)')
     a('--steps', type=int, default=800000, help='training steps of each stage (default: %(default)s)')
+    a('--seeds', default='0', help='comma-separated training seeds; claims are checked on every '
+      'seed and reported as mean +- std (default: %(default)s)')
+    a('--jobs', type=int, default=1, help='stages trained at once (subprocesses, cores / jobs '
+      'threads each); 1: one after the other (default: %(default)s)')
     a('--train_flags', default='', help='extra train.py flags for every stage, e.g. "--data_root D"')
     a('--device', default=None, help='torch device for evaluation (default: cuda if available)')
     a('--n_eval', type=int, default=0, help='evaluate on the first N validation images (0: all)')
@@ -48,60 +46,27 @@ def add_common_arguments(parser):
     return parser
 
 
+def parse_seeds(text):
+    try:
+        seeds = [int(s) for s in str(text).split(',') if s.strip()]
+    except ValueError:
+        raise ValueError(f'--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2') from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f'--seeds {text!r}: give at least one seed, each once')
+    return seeds
+
+
+def seeded(name, seed):
+    """The run name of `name` trained with `seed`."""
+    return f'{name}-seed{seed}'
+
+
 def metrics_cache(cfg):
     return getattr(cfg, 'metrics_cache', None) or os.path.join(cfg.out, 'metric-cache')
 
 
-def say(*args):
-    print(f'[{time.strftime("%H:%M:%S")}]', *args, flush=True)
-
-
-def train_stage(cfg, name, preset, flags=(), steps=None):
-    """Train (or resume, or skip) the stage `name`; returns its run folder. The stage's `flags`
-    come after `--train_flags`, so they win over it (e.g. a probe's own --progressive_res)."""
-    steps = steps or cfg.steps
-    runs = os.path.join(cfg.out, 'runs')
-    run_dir = os.path.join(runs, name)
-    state_path = os.path.join(run_dir, 'latest-state.th')
-    argv = ['--hps', preset, *shlex.split(cfg.train_flags), *flags, '--save_dir', runs, '--desc',
-            name, '--num_iters', str(steps), '--quiet']
-    done = 0
-    if os.path.exists(state_path):
-        changed = changed_settings(run_dir, argv)
-        if changed:
-            raise ExperimentError(f'{run_dir} was trained with other settings ({changed}); its '
-                                  'results do not belong to this command: use another --out')
-        done = load_file(state_path)['step']
-    if done >= steps:
-        say(f'{name}: finished earlier ({done} steps), not re-run')
-        return run_dir
-    argv += ['--resume'] if done else []
-    say(f'{name}: training {preset} for {steps} steps' + (f' (resuming at {done})' if done else ''))
-    start = time.time()
-    if os.environ.get('LAUNCH'):
-        rc = subprocess.call(shlex.split(os.environ['LAUNCH']) + [os.path.join(REPO, 'train.py')] + argv)
-    else:
-        from vdvae.train import main
-        rc = main(argv)
-    if rc != 0:
-        raise ExperimentError(f'stage {name} failed (exit {rc}); see {run_dir}/log.txt')
-    say(f'{name}: done in {time.time() - start:.0f} s')
-    return run_dir
-
-
-# Flags that say where and how long a stage runs, not what it computes.
-RUN_CONTROL = {'save_dir', 'desc', 'num_iters', 'num_epochs', 'resume', 'overwrite', 'quiet',
-               'device', 'compile', 'port'}
-
-
-def changed_settings(run_dir, argv):
-    """'key: then -> now' for each flag of `argv` whose value differs from the one the run in
-    `run_dir` was started with ('' when none does)."""
-    with open(os.path.join(run_dir, 'hparams.json')) as f:
-        saved = json.load(f)
-    H = parse_flags(add_vae_arguments(argparse.ArgumentParser()), argv)
-    return ', '.join(f'{k}: {saved[k]!r} -> {v!r}' for k, v in sorted(H.items())
-                     if k not in RUN_CONTROL and v is not None and k in saved and saved[k] != v)
+def default_device(cfg):
+    return cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu')
 
 
 def restore_vdvae(cfg, path):
@@ -112,14 +77,16 @@ def restore_vdvae(cfg, path):
     return H, restore_params(VAE(H), path)
 
 
-def load_run(run_dir, device, ema=True):
-    """(H, model with the run's EMA weights in eval mode, eval split, preprocess_fn)."""
-    with open(os.path.join(run_dir, 'hparams.json')) as f:
+def load_run(folder, device, ema=True, prefix='latest'):
+    """(H, model with the run's weights at `prefix` (EMA by default) in eval mode, eval split,
+    preprocess_fn)."""
+    with open(os.path.join(folder, 'hparams.json')) as f:
         H = Hyperparams(json.load(f))
     H.test_eval = False
     H, _, data_eval, preprocess_fn = set_up_data(H)
     model = build_model(H)
-    restore_params(model, os.path.join(run_dir, 'latest-model-ema.th' if ema else 'latest-model.th'))
+    restore_params(model, os.path.join(folder, f'{prefix}-model-ema.th' if ema else
+                                       f'{prefix}-model.th'))
     return H, model.to(device).eval(), data_eval, preprocess_fn
 
 
@@ -127,45 +94,77 @@ def subset(data, n):
     return data if not n or n >= len(data) else torch.utils.data.Subset(data, range(n))
 
 
-def evaluate_run(cfg, run_dir, device):
-    """The run's exact validation metrics (EMA weights), computed once and kept in the run folder."""
-    cache = os.path.join(run_dir, f'eval-valid-{cfg.n_eval or "all"}.json')
-    state = load_file(os.path.join(run_dir, 'latest-state.th'))
+def run_steps(folder):
+    return load_file(os.path.join(folder, 'latest-state.th'))['step']
+
+
+def evaluate_run(cfg, folder, device, prefix='latest'):
+    """The exact validation metrics of a run's EMA weights at `prefix` ('latest', or 'iter-N'),
+    computed once and kept in the run folder; None when that checkpoint does not exist."""
+    if not os.path.exists(os.path.join(folder, f'{prefix}-model-ema.th')):
+        return None
+    cache = os.path.join(folder, f'eval-valid-{prefix}-{cfg.n_eval or "all"}.json')
+    step = run_steps(folder) if prefix == 'latest' else int(prefix.split('-')[1])
     if os.path.exists(cache):
         with open(cache) as f:
             stats = json.load(f)
-        if stats.get('step') == state['step']:
+        if stats.get('step') == step:
             return stats
-    H, model, data, prep = load_run(run_dir, device)
+    H, model, data, prep = load_run(folder, device, prefix=prefix)
     torch.manual_seed(0)
     stats = evaluate(H, model, subset(data, cfg.n_eval), prep, device)
-    stats['step'] = state['step']
+    stats['step'] = step
     with open(cache, 'w') as f:
         json.dump(stats, f, indent=1)
     return stats
 
 
-def reconstructions(model, x_in, x_target):
+def evaluate_last_fifth(cfg, folder, device):
+    """(stats at 4/5 of the run or None, stats at its end): what the convergence checks compare."""
+    steps = run_steps(folder)
+    return (evaluate_run(cfg, folder, device, f'iter-{last_fifth_step(steps)}'),
+            evaluate_run(cfg, folder, device))
+
+
+def reconstructions(model, x_in):
     """Mean-head reconstructions (NHWC, [-1, 1]) of a stage-1, masked or probe model."""
     with torch.no_grad():
-        if hasattr(model, 'reconstruct'):
-            try:
-                return model.reconstruct(x_in)
-            except TypeError:
-                return model.reconstruct(x_in, x_target)
-        px_z, _ = model.decoder(model.encoder(x_in))
-        return model.decoder.out_net(px_z)
+        return model.reconstruct(x_in)
 
 
-def eval_images(run_dir, device, n):
+def eval_images(folder, device, n):
     """The first n validation images: (uint8 NHWC, x_in, x_target)."""
-    H, _, data, prep = load_run(run_dir, device)
+    H, _, data, prep = load_run(folder, device)
     images = load_batch(data, range(min(n, len(data))))
     x_in, x_target = prep(images, device)
     return images.numpy(), x_in, x_target
 
 
-from .figures import as_uint8, grid, plot  # noqa: E402,F401 (re-exported)
+def mean_std(values, digits=5):
+    """'m +- s (n seeds)' of a list of numbers, or the number alone for one seed."""
+    values = [float(v) for v in values]
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+
+
+def summary(values):
+    values = [float(v) for v in values]
+    return dict(mean=float(np.mean(values)), std=float(np.std(values, ddof=1)) if len(values) > 1
+                else 0.0, values=values)
+
+
+def machine():
+    """One line: CPU (or GPU), cores, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    gpu = f', GPU {torch.cuda.get_device_name(0)}' if torch.cuda.is_available() else ''
+    python = sys.version.split()[0]
+    return f'{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, Python {python}'
 
 
 def write_results(out, name, results, report_lines):
@@ -173,15 +172,25 @@ def write_results(out, name, results, report_lines):
     folder = os.path.join(out, name)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=1, default=float)
+        json.dump(results, f, indent=1, default=_plain)
     with open(os.path.join(folder, 'report.md'), 'w') as f:
         f.write('\n'.join(report_lines) + '\n')
     say(f'{name}: report in {os.path.join(folder, "report.md")}')
     return folder
 
 
-def default_device(cfg):
-    return cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+def _plain(value):
+    if hasattr(value, 'as_dict'):
+        return value.as_dict()
+    return float(value)
+
+
+def check_table(checks):
+    """Markdown rows of convergence checks."""
+    rows = ['| model | check | passed | numbers |', '|---|---|---|---|']
+    rows += [f"| {c.model} | {c.check} | {'yes' if c.passed else '**no**'} | {c.detail} |"
+             for c in checks]
+    return rows
 
 
 def parse(argv, description, add_arguments=None):
@@ -189,6 +198,12 @@ def parse(argv, description, add_arguments=None):
     if add_arguments:
         add_arguments(parser)
     cfg = parser.parse_args(argv)
+    cfg.seeds = parse_seeds(cfg.seeds)
+    if cfg.steps < 5:
+        raise ValueError(f'--steps {cfg.steps}: at least 5 (the convergence checks compare the '
+                         'last fifth of each run)')
+    if cfg.jobs < 1:
+        raise ValueError(f'--jobs {cfg.jobs}: at least 1')
     os.makedirs(cfg.out, exist_ok=True)
     return cfg
 
@@ -202,3 +217,4 @@ def run_main(fn, argv):
     except (ExperimentError, MissingWeightsError, ValueError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+

@@ -7,14 +7,18 @@ Writes OUT/lpips_vs_mse/{results.json, report.md, lpips_vs_mse.png}.
 import os
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 
 from ..metrics import perceptual_distance
-from .common import (metrics_cache, as_uint8, default_device, eval_images, load_run, parse, plot, reconstructions,
-                     run_main, say, write_results)
+from . import convergence as cv
+from .common import (as_uint8, default_device, eval_images, evaluate_run, load_run, metrics_cache,
+                     parse, plot, reconstructions, run_main, say, write_results)
 from .figures import log_axis
 from .rd_curve import add_arguments as add_rd_arguments
-from .rd_curve import parse_targets, stage1_runs
+from .rd_curve import stage1_runs
+from .rd_curve import stages  # noqa: F401 (the same stage-1 runs)
+from .stages import run_stages
 
 
 def add_arguments(parser):
@@ -26,16 +30,19 @@ def add_arguments(parser):
                         help='without LPIPS weights, use the clearly labelled stand-in PD-<dataset>')
 
 
-def run(cfg):
+def report(cfg):
     device = default_device(cfg)
-    runs = stage1_runs(cfg, parse_targets(cfg.targets))
-    rows, name = [], None
+    runs = stage1_runs(cfg)
+    rows, name, checks = [], None, []
     images = None
     for t, run_dir in runs.items():
         if images is None:
             images, x_in, x_target = eval_images(run_dir, device, cfg.n_images)
+        checks.append(cv.reaches_target(os.path.basename(run_dir), 'D',
+                                        evaluate_run(cfg, run_dir, device)['distortion'], t))
         H, model, _, _ = load_run(run_dir, device)
-        recon = reconstructions(model, x_in, x_target)
+        torch.manual_seed(0)
+        recon = reconstructions(model, x_in)
         mse = ((recon.float() - x_target) ** 2).flatten(1).mean(1).cpu().numpy()
         name, dist = perceptual_distance(as_uint8(recon), images, H.dataset,
                                          lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
@@ -44,8 +51,9 @@ def run(cfg):
                                          cache_dir=metrics_cache(cfg))
         rows.append(dict(target=t, mse=float(mse.mean()), perceptual=float(np.mean(dist))))
         say(f"lpips_vs_mse: target {t:g}: MSE {rows[-1]['mse']:.5f}, {name} {rows[-1]['perceptual']:.4f}")
-    rho = float(spearmanr([r['mse'] for r in rows], [r['perceptual'] for r in rows]).correlation) \
-        if len(rows) > 1 else float('nan')
+    mse, perceptual = [r['mse'] for r in rows], [r['perceptual'] for r in rows]
+    rho = float(spearmanr(mse, perceptual).correlation) \
+        if len(set(mse)) > 1 and len(set(perceptual)) > 1 else float('nan')
     by_mse = sorted(rows, key=lambda r: r['mse'])
     monotone = all(a['perceptual'] <= b['perceptual'] for a, b in zip(by_mse, by_mse[1:]))
     folder = os.path.join(cfg.out, 'lpips_vs_mse')
@@ -54,23 +62,32 @@ def run(cfg):
     def draw(ax):
         ax.plot([r['mse'] for r in by_mse], [r['perceptual'] for r in by_mse], 'o-')
         for r in rows:
-            ax.annotate(f"{r['target']:g}", (r['mse'], r['perceptual']), fontsize=7)
+            ax.annotate(f"lambda {r['target']:g}", (r['mse'], r['perceptual']), fontsize=7,
+                        xytext=(5, -10), textcoords='offset points')
         log_axis(ax, 'x', [r['target'] for r in rows])
         ax.set_xlabel('MSE per dim ([-1,1] scale)')
         ax.set_ylabel(name)
         ax.set_title(f'{cfg.hps}: {name} vs MSE (Spearman {rho:.2f})')
     plot(os.path.join(folder, 'lpips_vs_mse.png'), draw)
-    report = [f'# {name} against MSE on {cfg.hps} (Figure 4)', '',
+    lines = [f'# {name} against MSE on {cfg.hps} (Figure 4)', '',
               f'Perceptual metric: **{name}**' + ('' if name.startswith('LPIPS') else
               ' (a stand-in in the features of a classifier trained here; not LPIPS)') + '.',
               f'{cfg.n_images} validation images per lambda-optimal stage-1 model.', '',
               f'| target | MSE | {name} |', '|---|---|---|']
-    report += [f"| {r['target']:g} | {r['mse']:.5f} | {r['perceptual']:.4f} |" for r in rows]
-    report += ['', f'Spearman rank correlation over models: {rho:.3f}. {name} monotone in MSE: '
-               f"**{'held' if monotone else 'did not hold'}**.", '', '![](lpips_vs_mse.png)']
-    results = dict(dataset=cfg.hps, metric=name, rows=rows, spearman=rho, monotone=monotone)
-    write_results(cfg.out, 'lpips_vs_mse', results, report)
+    lines += [f"| {r['target']:g} | {r['mse']:.5f} | {r['perceptual']:.4f} |" for r in rows]
+    verdict = cv.verdict([monotone], checks)
+    lines += ['', f'Spearman rank correlation over models: {rho:.3f}. {name} monotone in MSE: '
+               f"**{verdict}**" + (f' — {cv.describe_failures(checks)}' if cv.failures(checks) else '')
+               + '.', '', '![](lpips_vs_mse.png)']
+    results = dict(dataset=cfg.hps, seed=cfg.seeds[0], metric=name, rows=rows, spearman=rho,
+                   monotone=monotone, checks=checks, verdict=verdict)
+    write_results(cfg.out, 'lpips_vs_mse', results, lines)
     return results
+
+
+def run(cfg):
+    run_stages(cfg, stages(cfg))
+    return report(cfg)
 
 
 def main(argv=None):

@@ -22,7 +22,8 @@ from vdvae.data import set_up_data
 from ..latent_groups import progressive_blocks
 from ..metrics.rd_profile import rate_per_group, rate_profile
 from .common import (default_device, evaluate_run, parse, plot, restore_vdvae, run_main, say,
-                     subset, train_stage, write_results)
+                     subset, write_results)
+from .stages import Stage, run_dir, run_stages
 
 
 def add_arguments(parser):
@@ -40,15 +41,17 @@ def run(cfg):
     torch.manual_seed(0)
     rates = rate_per_group(model, subset(data_eval, cfg.n_eval), preprocess_fn, device,
                            n_batch=H.n_batch)
+    profile = rate_profile(rates)
+    probes = {res: Stage(f'profile-probe-{res}', cfg.hps, cfg.probe_steps,
+                         ('--model', 'masked', f'--encoder_path={cfg.checkpoint}', '--mode', 'probe',
+                          '--progressive_res', str(res)), cost=0.5)
+              for res, _, _ in profile if cfg.probe_steps and res < H.image_size}
+    run_stages(cfg, list(probes.values()))
     rows = []
-    for res, k, rate in rate_profile(rates):
+    for res, k, rate in profile:
         row = dict(res=res, k=k, rate=rate, distortion=None, table1=k == K)
-        if cfg.probe_steps and res < H.image_size:
-            run_dir = train_stage(cfg, f'profile-probe-{res}', cfg.hps,
-                                  ['--model', 'masked', f'--encoder_path={cfg.checkpoint}',
-                                   '--mode', 'probe',
-                                   '--progressive_res', str(res)], cfg.probe_steps)
-            row['distortion'] = evaluate_run(cfg, run_dir, device)['distortion']
+        if res in probes:
+            row['distortion'] = evaluate_run(cfg, run_dir(cfg, probes[res].name), device)['distortion']
         rows.append(row)
         say(f"profile: res <= {res}: k = {k}, R_k {rate:.5f} nats/dim"
             + (f", D_k {row['distortion']:.5f}" if row['distortion'] is not None else '')
