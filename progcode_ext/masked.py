@@ -5,13 +5,18 @@ z = 0 whatever latents are passed, so z_{K+1..T} carry no information and cost n
 head decodes. It reuses the core's manual-latent mechanism (`DecBlock.forward_uncond(lvs=...)`).
 
 `ProbeVAE` (mode `probe`): the D_K probe. q(z_1..z_K | x) is a trained VDVAE's bottom-up encoder and
-the posterior branches of its first K decoder blocks, frozen; a fresh masked decoder learns to
-minimise the MSE from posterior samples. Reports (R_K, D_K).
+the posterior branches of its first K decoder blocks, frozen; a masked decoder learns to minimise
+the MSE from posterior samples. Reports (R_K, D_K).
 
-`MaskedVAE` (mode `gamma_optimal`): the trained encoder with a masked decoder (initialised from the
-trained decoder unless `--masked_init fresh`), trained jointly - q, the prior of z_1..z_K and the
-decoder - to minimise D subject to R_K <= gamma (default gamma: the trained model's R_K). Reports
-(R'_K, lambda*).
+`MaskedVAE` (mode `gamma_optimal`): the trained encoder with a masked decoder, trained jointly - q,
+the prior of z_1..z_K and the decoder - to minimise D subject to R_K <= gamma (default gamma: the
+trained model's R_K). Reports (R'_K, lambda*).
+
+In both modes the masked decoder starts from the trained decoder (its mean head fresh), unless
+`--masked_init fresh`: the two sides of Table 1 then start alike and differ only in what the paper
+compares, a frozen q against one trained for the rate constraint. (Started fresh, the toy's probes
+still improved their D_K by 3% over the last fifth of 1,500 steps, while the gamma-optimal decoder,
+started from the trained one, had a head start.)
 """
 import math
 
@@ -71,6 +76,16 @@ class MaskedDecoder(Decoder):
         return self.forward_manual_latents(n, [], t)
 
 
+def masked_decoder(H, trained, k):
+    """A masked decoder for z_1..z_k, from `trained`'s decoder (less its likelihood head) unless
+    `--masked_init fresh`."""
+    decoder = MaskedDecoder(H, k)
+    if H.masked_init == 'trained':
+        own = {key: v for key, v in trained.decoder.state_dict().items() if 'out_net' not in key}
+        decoder.load_state_dict(own, strict=False)
+    return decoder
+
+
 def load_trained_vdvae(H):
     """The trained VDVAE of `--encoder_path` (ours or upstream's files), frozen."""
     if not H.get('encoder_path'):
@@ -116,10 +131,10 @@ class ProbeVAE(nn.Module):
         trained = load_trained_vdvae(H)
         self.H = trained.H
         self.k = progressive_blocks(self.H)
+        self.decoder = masked_decoder(self.H, trained, self.k)
         self.encoder, self.trained_decoder = trained.encoder, trained.decoder
         self.encoder.requires_grad_(False)
         self.trained_decoder.requires_grad_(False)
-        self.decoder = MaskedDecoder(self.H, self.k)
 
     def train(self, mode=True):
         super().train(mode)
@@ -160,11 +175,8 @@ class MaskedVAE(VAE):
         self.H = trained.H
         self.k = progressive_blocks(self.H)
         self.encoder = Encoder(self.H)
-        self.decoder = MaskedDecoder(self.H, self.k)
+        self.decoder = masked_decoder(self.H, trained, self.k)
         self.encoder.load_state_dict(trained.encoder.state_dict())
-        if H.masked_init == 'trained':
-            own = {k: v for k, v in trained.decoder.state_dict().items() if 'out_net' not in k}
-            self.decoder.load_state_dict(own, strict=False)
         self.objective = LagrangianObjective('rate', H.rate_target or 1.0, **multiplier_kwargs(H))
         self.rate_target_given = bool(H.rate_target)
 

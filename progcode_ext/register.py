@@ -32,7 +32,7 @@ def add_progcode_arguments(parser):
     a('--mode', choices=('probe', 'gamma_optimal'), default='probe',
       help=_d('masked: D_K probe (frozen q, fresh decoder) or gamma-optimal joint training'))
     a('--masked_init', choices=('trained', 'fresh'), default='trained',
-      help=_d('masked gamma_optimal: start the masked decoder from the trained decoder or fresh'))
+      help=_d('masked (both modes): start the masked decoder from the trained decoder or fresh'))
 
 
 def _build_masked(H):

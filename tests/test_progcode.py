@@ -242,6 +242,20 @@ def test_masked_probe_and_gamma_optimal_from_a_trained_vdvae(runs, tmp_path):
     assert {'eta', 'constraint_violation'} <= set(gamma[-1])
 
 
+@pytest.mark.parametrize('mode', ['probe', 'gamma_optimal'])
+def test_both_masked_decoders_start_from_the_trained_decoder_unless_fresh(runs, mode):
+    ckpt = str(runs / 'vdvae' / 'latest-model-ema.th')
+    trained = torch.load(ckpt, weights_only=True)
+    decoder = {k[len('decoder.'):]: v for k, v in trained.items() if k.startswith('decoder.')
+               and 'out_net' not in k}
+    for init, same in (('trained', True), ('fresh', False)):
+        H = get_hparams('mnist5k_masked', **ARCH, encoder_path=ckpt, mode=mode, masked_init=init,
+                        rate_target=0.01)
+        masked = build_model(H).decoder.state_dict()
+        assert all(torch.equal(masked[k], v) for k, v in decoder.items()) == same, init
+        assert 'out_net.out_conv.weight' in masked                     # the mean head: fresh
+
+
 @pytest.mark.parametrize('preset,args,message', [
     ('mnist5k_stage2', [], 'needs the trained stage 1: pass --stage1_path'),
     ('mnist5k_stage1', ['--distortion_target', '0'], 'positive number'),
