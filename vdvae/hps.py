@@ -133,14 +133,11 @@ register_preset('mnist5k_large', dict(
 # no weight decay, as the paper's presets (hps_overrides/paper.py).
 register_dataset('mnist16', 16, 1)
 register_preset('mnist16', dict(
-    dataset='mnist16', width=32, zdim=8, num_mixtures=5, n_batch=32, lr=2e-3, wd=0.0,
-    warmup_iters=20, ema_rate=0.99, grad_clip=200.0, skip_threshold=400.0, num_epochs=16,
-    iters_per_print=50, epochs_per_eval=1, iters_per_save=250, iters_per_images=500,
-    iters_per_ckpt=1000, num_images_visualize=8, num_variables_visualize=3,
-    num_temperatures_visualize=3,
+    dataset='mnist16', width=32, lr=2e-3, wd=0.0, num_epochs=16, iters_per_save=250,
+    num_variables_visualize=3,
     dec_blocks='1x1,4m1,4x1,8m4,8x1,16m8,16x1',
     enc_blocks='16x1,16d2,8x1,8d2,4x1,4d4,1x1',
-))
+), parent='mnist5k')
 
 
 # ------------------------------------------------------------------------------------------------
