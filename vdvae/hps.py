@@ -127,9 +127,9 @@ register_preset('mnist5k_large', dict(
 
 
 # The toy protocol's VDVAE (scripts/demo.sh): the same digits at 16x16 (vdvae/data.py), one block
-# per resolution, width 32 (59,535 parameters). A training step of 32 images takes about 0.11 s on
+# per resolution, width 32 (59,535 parameters). A training step of 32 images takes about 0.1 s on
 # one CPU thread, about half the time of the same network at 32x32; two such runs side by side on
-# two cores make about 1.7x the steps of one run on both (BENCHMARKS.md). lr 2e-3 for short runs;
+# two cores make about 1.6x the steps of one run on both (BENCHMARKS.md). lr 2e-3 for short runs;
 # no weight decay, as the paper's presets (hps_overrides/paper.py).
 register_dataset('mnist16', 16, 1)
 register_preset('mnist16', dict(

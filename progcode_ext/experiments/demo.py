@@ -6,9 +6,10 @@ Trains every model of Tables 1-2 and Figures 2 and 4 (`mnist16` presets: a VDVAE
 one block per resolution), checks that each converged, and writes DIR/report.md: each claim of the
 paper as "held", "did not hold" or "inconclusive" (a model behind it failed a convergence check,
 which is named), with the numbers. Modes, timed on 2 CPU cores (README):
-* default: one seed, 700 steps per model (about 9 minutes);
+* default: one seed, 700 steps per model (8 minutes); too short for its models to pass every
+  convergence check, and its report says so;
 * --full: three seeds for Tables 1 and 2 (one for the rate-distortion curve), 1,500 steps per
-  model, 3,000 for the D_K probe and the gamma-optimal decoder (about 50 minutes);
+  model, 3,000 for the D_K probe and the gamma-optimal decoder (45 minutes);
 * --quick: a smoke test of the whole pipeline (30 steps; about 1 minute); it proves nothing and
   says so.
 Independent models train side by side (`--jobs`, default: one per core, at most 8). The perceptual
@@ -61,7 +62,7 @@ def run(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--full', action='store_true',
-                      help='three seeds, 1,500 steps, 3,000 for Table 1\'s decoders (about 50 min)')
+                      help='three seeds, 1,500 steps, 3,000 for Table 1\'s decoders (about 45 min)')
     mode.add_argument('--quick', action='store_true', help='a 1-minute smoke test; proves nothing')
     parser.add_argument('--out', default='demo-out', help='output folder (default: %(default)s)')
     parser.add_argument('--jobs', type=int, default=None,
@@ -109,7 +110,7 @@ def claim_rows(results):
         ('Table 2: conventional training keeps the better ELBO', t2['elbo_verdict'],
          f"-ELBO {mean_std(conv['elbo']['values'], 4)} vs {mean_std(prog['elbo']['values'], 4)} "
          f"nats/dim; held on {sum(r['elbo_held'] for r in t2['rows'])} of {n2} seeds"),
-        ('Figure 2: stage 1 trades rate for distortion (rate grows as lambda shrinks)',
+        ('Figure 2: stage 1 traces a rate-distortion curve (rate grows as lambda shrinks)',
          rd['verdict'], ', '.join(f"{r['target']:g}: D {r['distortion']:.4f}, R {r['rate']:.3f}"
                                   for r in rd['rows'])),
         ('Figure 4: the perceptual distance is monotone in MSE over the lambda-optimal family',

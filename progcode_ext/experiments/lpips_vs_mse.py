@@ -63,7 +63,8 @@ def report(cfg):
         ax.plot([r['mse'] for r in by_mse], [r['perceptual'] for r in by_mse], 'o-')
         for r in rows:
             ax.annotate(f"lambda {r['target']:g}", (r['mse'], r['perceptual']), fontsize=7,
-                        xytext=(5, -10), textcoords='offset points')
+                        xytext=(6, 4), textcoords='offset points')
+        ax.margins(x=0.15, y=0.1)                       # room for the labels inside the axes
         log_axis(ax, 'x', [r['target'] for r in rows])
         ax.set_xlabel('MSE per dim ([-1,1] scale)')
         ax.set_ylabel(name)

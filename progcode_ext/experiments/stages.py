@@ -9,7 +9,7 @@ checks measure how much the model still moved over its last fifth (`convergence.
 * `cfg.jobs` = 1: one after the other, in this process, or as `$LAUNCH train.py ...` when the
   environment variable LAUNCH is set (e.g. `LAUNCH="torchrun --nproc_per_node 8"`);
 * `cfg.jobs` = N > 1: up to N stages at once, each a `train.py` process with cores / N threads.
-  Small models train faster this way: on 2 CPU cores, two one-thread processes make about 1.7x
+  Small models train faster this way: on 2 CPU cores, two one-thread processes make about 1.6x
   the steps of one two-thread process (BENCHMARKS.md). The longest chain of work starts first.
 """
 import argparse
