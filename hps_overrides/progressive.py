@@ -18,10 +18,10 @@ image size / 8). The toy's choices are ours (no paper number exists for them):
   lr 0.05 with the average 0.99 made D swing by +-25% around lambda = 0.0512 (the average's lag);
   with a constant 0.03 a gamma-optimal run drifted to R'_K = 0.85 gamma in its last 100 steps,
   with the decay it ended at 0.97 gamma (README, "The toy protocol");
-* K at resolution <= 8 for mnist16: there the toy VDVAE's z_1..z_K carry 28 nats per image (85% of
-  its rate). The paper's rule, image size / 8, leaves only the 1x1 block (0.2%), and <= 4 carries
-  0.8 nats per image (2.5%): too little information for the Table 1 comparison to say anything
-  (table1's report prints these shares for the model it trains).
+* K at resolution <= 8 for mnist16: there the toy VDVAE's z_1..z_K carry 34 nats per image (90% of
+  its rate, seed 0 of `scripts/demo.sh --full`). The paper's rule, image size / 8, leaves only the
+  1x1 block (1.6%), and <= 4 carries 1.8 nats per image (4.6%): too little information for the
+  Table 1 comparison to say anything (table1's report prints these shares for the model it trains).
 
 Upstream's own presets (cifar10, imagenet32, imagenet64, ffhq256, ffhq1024) get X_masked only:
 Table 1 on upstream's official checkpoint files (`table1 --hps imagenet32 --checkpoint
