@@ -120,7 +120,8 @@ def evaluate_run(cfg, folder, device, prefix='latest'):
 
 
 def evaluate_last_fifth(cfg, folder, device):
-    """(stats at 4/5 of the run or None, stats at its end): what the convergence checks compare."""
+    """(stats at 4/5 of the run or None, stats at its end, whose 'step' is the run's length): what
+    the convergence checks compare."""
     steps = run_steps(folder)
     return (evaluate_run(cfg, folder, device, f'iter-{last_fifth_step(steps)}'),
             evaluate_run(cfg, folder, device))

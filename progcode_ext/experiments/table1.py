@@ -85,10 +85,10 @@ def seed_row(cfg, device, seed):
     if not cfg.checkpoint:
         before, after = evaluate_last_fifth(cfg, run_dir(cfg, seeded('vdvae', seed)), device)
         checks.append(cv.settled(seeded('vdvae', seed), '-ELBO', before and before['elbo'],
-                                 after['elbo'], cfg.steps))
+                                 after['elbo'], after['step']))
     checks.append(cv.settled(seeded('table1-probe', seed), 'D_K',
                              probe_before and probe_before['distortion'], p['distortion'],
-                             cfg.probe_steps))
+                             p['step']))
     checks.append(cv.reaches_target(seeded('table1-gamma', seed), "R'_K", g['rate'], target))
     return row, checks
 

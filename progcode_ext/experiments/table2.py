@@ -102,7 +102,7 @@ def evaluate_seed(cfg, device, seed, folder):
     for name, run in run_names(seed).items():
         before, stats = evaluate_last_fifth(cfg, run_dir(cfg, run), device)
         checks.append(cv.settled(run, '-ELBO', before and before['elbo'], stats['elbo'],
-                                 cfg.steps))
+                                 stats['step']))
         H, model, _, _ = load_run(run_dir(cfg, run), device)
         torch.manual_seed(seed)
         x_hat, samples = draw_samples(model, cfg.n_samples, cfg.sample_batch)
