@@ -31,6 +31,8 @@ import math
 import torch
 from torch import nn
 
+from vdvae.errors import ConfigError
+
 
 def kl_annealing_init(target, bounds=(1e-4, 0.9999)):
     """The eta that weighs the rate least at the start: the upper bound when eta weighs the
@@ -45,12 +47,12 @@ class LagrangeMultiplier(nn.Module):
                  ema_rate=0.99, eps=1e-8, lr_decay=None):
         super().__init__()
         if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
-            raise ValueError(f'the constraint target must be a positive number, got {target!r}')
+            raise ConfigError(f'the constraint target must be a positive number, got {target!r}')
         if not bounds[0] <= init <= bounds[1]:
-            raise ValueError(f'eta init {init} is outside its bounds {bounds}')
+            raise ConfigError(f'eta init {init} is outside its bounds {bounds}')
         if lr_decay is not None and not lr_decay > 0:
-            raise ValueError(f'the multiplier\'s lr decay must be a positive number of steps (or '
-                             f'None: a constant lr), got {lr_decay!r}')
+            raise ConfigError(f'the multiplier\'s lr decay must be a positive number of steps (or '
+                              f'None: a constant lr), got {lr_decay!r}')
         self.bounds, self.lr, self.betas, self.lr_decay = bounds, lr, betas, lr_decay
         self.ema_rate, self.eps = ema_rate, eps
         self.register_buffer('target_value', torch.tensor(float(target), dtype=torch.float64))
@@ -66,7 +68,7 @@ class LagrangeMultiplier(nn.Module):
 
     def set_target(self, target):
         if not (math.isfinite(target) and target > 0):
-            raise ValueError(f'the constraint target must be a positive number, got {target!r}')
+            raise ConfigError(f'the constraint target must be a positive number, got {target!r}')
         self.target_value.fill_(float(target))
 
     def weight(self):
@@ -104,7 +106,7 @@ class LagrangianObjective(nn.Module):
     def __init__(self, target, value, init=None, **multiplier_kwargs):
         super().__init__()
         if target not in ('distortion', 'rate'):
-            raise ValueError(f"target must be 'distortion' or 'rate', got {target!r}")
+            raise ConfigError(f"target must be 'distortion' or 'rate', got {target!r}")
         self.target = target
         init = kl_annealing_init(target) if init is None else init
         self.multiplier = LagrangeMultiplier(value, init=init, **multiplier_kwargs)

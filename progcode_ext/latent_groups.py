@@ -1,10 +1,11 @@
-"""Which latents are z_1..z_K (Section 4.1), and rates per group.
+"""Which latents are z_1..z_K (Section 4.1).
 
 VDVAE's decoder runs from the lowest resolution up, so z_1..z_K are its first K blocks: all blocks
 whose resolution is at most `progressive_res` (default: image size / 8, i.e. 4x4 for 32x32 images
 and 8x8 for 64x64, as in the paper).
 """
 from vdvae.block_strings import parse_dec_blocks
+from vdvae.errors import ConfigError
 
 
 def default_progressive_res(H):
@@ -17,12 +18,7 @@ def progressive_blocks(H, res=None):
     layers = parse_dec_blocks(H.dec_blocks, H.image_size)
     k = sum(r <= res for r, _ in layers)
     if k == 0 or any(r > res for r, _ in layers[:k]):
-        raise ValueError(f'--progressive_res {res} selects no leading decoder blocks (the decoder '
-                         f'starts at resolution {layers[0][0]}); choose at least that')
+        raise ConfigError(f'--progressive_res {res} selects no leading decoder blocks (the decoder '
+                          f'starts at resolution {layers[0][0]}); choose at least that')
     return k
 
-
-def rate_per_block(block_stats, ndims):
-    """KL per dimension of each block for each example: (B, n_blocks), nats/dim."""
-    import torch
-    return torch.stack([s['kl'].sum(dim=(1, 2, 3)) for s in block_stats], dim=1) / ndims

@@ -22,12 +22,13 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 
 from vdvae.checkpoint import restore_params
+from vdvae.contract import Model
+from vdvae.errors import ConfigError
 from vdvae.evaluation import load_batch, split_batches
 from vdvae.vae import VAE, Decoder, Encoder, _temperature
-from vdvae.vae_helpers import to_uint8
+from vdvae.vae_helpers import rate_per_example, to_uint8
 
 from .lagrangian import LagrangianObjective
 from .latent_groups import progressive_blocks
@@ -89,8 +90,8 @@ def masked_decoder(H, trained, k):
 def load_trained_vdvae(H):
     """The trained VDVAE of `--encoder_path` (ours or upstream's files), frozen."""
     if not H.get('encoder_path'):
-        raise ValueError('the masked decoder needs the trained VDVAE: pass --encoder_path '
-                         'CKPT (a *-model-ema.th or *-model.th of the --hps architecture)')
+        raise ConfigError('the masked decoder needs the trained VDVAE: pass --encoder_path '
+                          'CKPT (a *-model-ema.th or *-model.th of the --hps architecture)')
     from vdvae.hps import Hyperparams
     trained = VAE(Hyperparams(H))
     restore_params(trained, H.encoder_path)
@@ -108,22 +109,30 @@ def measure_rate_k(model_rate_k, dataset, preprocess_fn, device, n_batch):
     return total / n
 
 
-def posterior_rate_k(encoder, decoder, k, x):
-    """(z_1..z_K, per-example R_K in nats/dim) under the posterior of encoder + decoder's first K
+def posterior_latents_k(encoder, decoder, k, x):
+    """Per-block [{'z', 'kl'}] of z_1..z_K under the posterior of encoder + decoder's first K
     blocks."""
     activations = encoder(x)
     xs = decoder._initial_states()
-    zs, kl = [], 0
+    stats = []
     for block in decoder.dec_blocks[:k]:
-        xs, stats = block(xs, activations, get_latents=True)
-        zs.append(stats['z'])
-        kl = kl + stats['kl'].sum(dim=(1, 2, 3))
-    return zs, kl / math.prod(x.shape[1:])
+        xs, block_stats = block(xs, activations, get_latents=True)
+        stats.append(block_stats)
+    return stats
 
 
-class ProbeVAE(nn.Module):
-    """D_K probe: frozen trained q(z_1..z_K | x), fresh masked decoder trained on MSE."""
+def posterior_rate_k(encoder, decoder, k, x):
+    """(z_1..z_K, per-example R_K in nats/dim) under the posterior of encoder + decoder's first K
+    blocks."""
+    stats = posterior_latents_k(encoder, decoder, k, x)
+    return [s['z'] for s in stats], rate_per_example(stats, math.prod(x.shape[1:]))
 
+
+class ProbeVAE(Model):
+    """D_K probe: frozen trained q(z_1..z_K | x), a masked decoder trained on MSE. Its prior is the
+    trained model's p(z_1..z_K), its latents z_1..z_K."""
+
+    distortion_kind = 'mse'
     has_unused_parameters = True                # the masked decoder's posterior branches
 
     def __init__(self, H):
@@ -143,34 +152,44 @@ class ProbeVAE(nn.Module):
         return self
 
     def forward(self, x, x_target):
-        """-> {'loss' (= MSE), 'distortion' (D_K), 'rate' (R_K of the frozen q)}."""
+        """-> {'loss' = 'distortion' = 'mse' (D_K), 'rate' (R_K of the frozen q), 'psnr'}."""
         with torch.no_grad():
             zs, rate_k = posterior_rate_k(self.encoder, self.trained_decoder, self.k, x)
         px_z = self.decoder.forward_manual_latents(x.shape[0], zs)
         distortion = self.decoder.out_net.distortion(px_z, x_target).mean()
         return with_psnr(dict(loss=distortion, distortion=distortion, rate=rate_k.mean()))
 
-    def reconstruct(self, x):
-        zs, _ = posterior_rate_k(self.encoder, self.trained_decoder, self.k, x)
-        return self.decoder.out_net(self.decoder.forward_manual_latents(x.shape[0], zs))
+    def forward_get_latents(self, x):
+        return posterior_latents_k(self.encoder, self.trained_decoder, self.k, x)
 
     @torch.no_grad()
-    def visualize(self, originals, x_in, x_target):
+    def sample(self, n, t=None, latents=()):
+        zs = self.trained_decoder.prior_latents(n, self.k, list(latents), t=t)
+        return self.decoder.out_net.sample(self.decoder.forward_manual_latents(n, zs))
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        zs, _ = posterior_rate_k(self.encoder, self.trained_decoder, self.k, x)
+        px_z = self.decoder.forward_manual_latents(x.shape[0], zs)
+        return self.decoder.out_net.reconstruction(px_z)
+
+    def sample_grid(self, originals, x_in, H):
         """Rows: originals, then the masked decoder's reconstructions from z_1..z_K."""
         recon = to_uint8(torch.clamp(self.reconstruct(x_in), -1, 1))
         return [np.asarray(originals.cpu(), dtype=np.uint8), recon]
 
 
-class MaskedVAE(VAE):
+class MaskedVAE(Model):
     """gamma-optimal: encoder + masked decoder, minimise D subject to R_K <= gamma."""
 
+    distortion_kind = 'mse'
     has_unused_parameters = True                # posterior branches of the masked blocks
 
     def __init__(self, H):
-        nn.Module.__init__(self)
+        super().__init__()
         if H.rate_target is not None and not H.rate_target > 0:
-            raise ValueError(f'--rate_target must be a positive number of nats/dim, got '
-                             f'{H.rate_target} (omit it to use the trained model\'s R_K)')
+            raise ConfigError(f'--rate_target must be a positive number of nats/dim, got '
+                              f'{H.rate_target} (omit it to use the trained model\'s R_K)')
         trained = load_trained_vdvae(H)
         self.H = trained.H
         self.k = progressive_blocks(self.H)
@@ -193,16 +212,25 @@ class MaskedVAE(VAE):
                  f'(first {self.k} latent layers)')
 
     def forward(self, x, x_target):
-        """-> {'loss', 'rate' (R'_K), 'distortion' (MSE), 'eta', 'constraint_violation'}."""
+        """-> {'loss', 'rate' (R'_K), 'distortion' = 'mse', 'psnr', 'eta', 'constraint_violation'}."""
         px_z, stats = self.decoder(self.encoder(x))
         distortion = self.decoder.out_net.distortion(px_z, x_target).mean()
-        rate = sum(s['kl'].sum(dim=(1, 2, 3)) for s in stats).mean() / math.prod(x.shape[1:])
+        rate = rate_per_example(stats, math.prod(x.shape[1:])).mean()
         return with_psnr(self.objective(rate, distortion))
 
     def after_update(self, stats):
         self.objective.lagrangian_step(stats)
 
+    def forward_get_latents(self, x):
+        """z_1..z_K of the posterior (the masked decoder's first K blocks)."""
+        return self.decoder(self.encoder(x), get_latents=True)[1]
+
+    @torch.no_grad()
+    def sample(self, n, t=None, latents=()):
+        return self.decoder.out_net.sample(self.decoder.forward_manual_latents(n, list(latents), t))
+
+    @torch.no_grad()
     def reconstruct(self, x):
         """Mean images (NHWC, target scale) decoded from one posterior sample of z_1..z_K."""
         px_z, _ = self.decoder(self.encoder(x))
-        return self.decoder.out_net(px_z)
+        return self.decoder.out_net.reconstruction(px_z)

@@ -13,6 +13,11 @@ from torch import nn
 from vdvae.vae_helpers import get_1x1, to_uint8
 
 
+def mse_per_example(x, target):
+    """Mean squared error per dimension of each example of x (NHWC, computed in float32), (B,)."""
+    return ((x.float() - target) ** 2).flatten(1).mean(dim=1)
+
+
 def psnr(mse):
     """PSNR in dB of an MSE on the [-1, 1] scale."""
     return 10 * math.log10(4.0 / mse) if mse > 0 else float('inf')
@@ -31,11 +36,12 @@ class MeanHead(nn.Module):
 
     def distortion(self, px_z, x):
         """Mean squared error per dimension for each example, shape (B,)."""
-        return ((self.forward(px_z).float() - x) ** 2).flatten(1).mean(dim=1)
-
-    def nll(self, px_z, x):
-        return self.distortion(px_z, x)
+        return mse_per_example(self.forward(px_z), x)
 
     def sample(self, px_z):
         """The mean image as NumPy uint8 NHWC (the head is deterministic)."""
         return to_uint8(torch.clamp(self.forward(px_z), -1.0, 1.0))
+
+    def reconstruction(self, px_z):
+        """The mean image, unclamped."""
+        return self.forward(px_z)

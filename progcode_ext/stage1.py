@@ -6,14 +6,16 @@ import math
 import torch
 
 from vdvae.vae import VAE
+from vdvae.vae_helpers import rate_per_example
 
 from .lagrangian import LagrangianObjective
 from .mean_head import MeanHead, psnr
 
 
 def with_psnr(stats):
-    """Add PSNR (dB) beside a distortion that is an MSE on the [-1, 1] scale."""
-    return dict(stats, psnr=torch.tensor(psnr(stats['distortion'].item())))
+    """Add the MSE under its own name and PSNR (dB) beside a `distortion` that is an MSE on the
+    [-1, 1] scale."""
+    return dict(stats, mse=stats['distortion'], psnr=torch.tensor(psnr(stats['distortion'].item())))
 
 
 def multiplier_kwargs(H):
@@ -23,25 +25,21 @@ def multiplier_kwargs(H):
 class Stage1VAE(VAE):
     """Encoder and decoder exactly as VDVAE's; `decoder.out_net` is a `MeanHead`."""
 
+    distortion_kind = 'mse'
+
     def __init__(self, H):
         super().__init__(H)
         self.decoder.out_net = MeanHead(self.H)
         self.objective = LagrangianObjective('distortion', H.distortion_target, **multiplier_kwargs(H))
 
     def forward(self, x, x_target):
-        """-> {'loss', 'rate', 'distortion' (MSE), 'psnr', 'eta', 'constraint_violation'}, per
+        """-> {'loss', 'rate', 'distortion' = 'mse', 'psnr', 'eta', 'constraint_violation'}, per
         dimension."""
         activations = self.encoder(x)
         px_z, stats = self.decoder(activations)
         distortion = self.decoder.out_net.distortion(px_z, x_target).mean()
-        rate = sum(s['kl'].sum(dim=(1, 2, 3)) for s in stats).mean() / math.prod(x.shape[1:])
+        rate = rate_per_example(stats, math.prod(x.shape[1:])).mean()
         return with_psnr(self.objective(rate, distortion))
 
     def after_update(self, stats):
         self.objective.lagrangian_step(stats)
-
-    def reconstruct(self, x):
-        """Mean images (NHWC, target scale) decoded from one posterior sample of z."""
-        px_z, _ = self.decoder(self.encoder(x))
-        return self.decoder.out_net(px_z)
-

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from vdvae.hps import Hyperparams
-from vdvae.vae import Block, Decoder, DecBlock, Encoder
+from vdvae.vae import Block, DecBlock, Decoder, Encoder
+from vdvae.vae_helpers import rate_per_example
 
 
 class ConditionalDecBlock(DecBlock):
@@ -51,17 +52,25 @@ class ConditionalVAE(nn.Module):
         self.decoder = ConditionalDecoder(H)
 
     def forward(self, x, x_target, x_hat, get_latents=False):
-        """-> px_z, per-block stats, per-example NLL and rate (nats/dim)."""
+        """Per example: {'nll' (B,) -log p(x | z, x_hat) and 'rate' (B,) KL, both nats/dim,
+        'latents' [{'kl', 'z'}] per block (with 'z' if get_latents)}. A part of TwoStageHVAE, not a
+        `vdvae.contract.Model`: it needs x_hat besides the image."""
+        px_z, stats = self.posterior(x, x_hat, get_latents)
+        return dict(nll=self.decoder.out_net.nll(px_z, x_target),
+                    rate=rate_per_example(stats, math.prod(x.shape[1:])), latents=stats)
+
+    def posterior(self, x, x_hat, get_latents=False):
+        """(px_z, per-block [{'kl', 'z'}]) of one posterior pass, as `Decoder.forward`."""
         activations = self.encoder(torch.cat([x, x_hat.to(x.dtype)], dim=-1))
         cond = self.cond_encoder(x_hat)
-        px_z, stats = self.decoder(activations, get_latents=get_latents, cond=cond)
-        ndims = math.prod(x.shape[1:])
-        distortion = self.decoder.out_net.nll(px_z, x_target)
-        rate = sum(s['kl'].sum(dim=(1, 2, 3)) for s in stats) / ndims
-        return px_z, stats, distortion, rate
+        return self.decoder(activations, get_latents=get_latents, cond=cond)
+
+    def decode(self, x_hat, t=None, latents=()):
+        """The head's input px_z given x_hat: the first len(latents) latents fixed, the rest drawn
+        from the prior at temperature t."""
+        return self.decoder.forward_manual_latents(x_hat.shape[0], list(latents), t,
+                                                   cond=self.cond_encoder(x_hat))
 
     def sample(self, x_hat, t=None, latents=()):
         """NumPy uint8 NHWC samples of p(x | x_hat) (first len(latents) latents fixed)."""
-        px_z = self.decoder.forward_manual_latents(x_hat.shape[0], list(latents), t,
-                                                   cond=self.cond_encoder(x_hat))
-        return self.decoder.out_net.sample(px_z)
+        return self.decoder.out_net.sample(self.decode(x_hat, t, latents))

@@ -33,6 +33,7 @@ def test_upstream_model_file_with_module_prefix_and_ema_file(tiny8, tmp_path):
             assert torch.equal(value, model.state_dict()[key])
 
 
+@pytest.mark.slow
 def test_wrong_architecture_names_keys_and_suggests_preset(tiny_preset, tmp_path):
     torch.save(VAE(get_hparams(tiny_preset)).state_dict(), tmp_path / 'm.th')
     other = VAE(get_hparams('cifar10', **dict(TINY, dec_blocks='4x2,8m4')))
@@ -47,6 +48,7 @@ def test_wrong_architecture_names_keys_and_suggests_preset(tiny_preset, tmp_path
         restore_params(narrow, tmp_path / 'm.th')
 
 
+@pytest.mark.slow
 def test_unexpected_keys_and_no_matching_preset(tmp_path):
     model = VAE(get_hparams('cifar10', **TINY))
     sd = dict(model.state_dict(), **{'decoder.extra.weight': torch.zeros(1)})

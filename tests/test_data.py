@@ -74,6 +74,7 @@ def test_cifar10(tmp_path, monkeypatch, numpy_core):
                                   arrays[5].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
+@pytest.mark.slow
 def test_cifar10_split_is_sklearns(tmp_path, monkeypatch):
     model_selection = pytest.importorskip('sklearn.model_selection')
     monkeypatch.setitem(data.VALID_COUNT, 'cifar10', 10)
@@ -313,6 +314,7 @@ def test_imagefolder_errors(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # mnist5k (the real digits)
 
+@pytest.mark.slow
 def test_mnist5k():
     H, train, valid, preprocess = set_up_data(get_hparams('mnist5k'))
     assert (H.image_size, H.image_channels) == (32, 1)
@@ -565,6 +567,7 @@ def test_setup_script_usage(script):
     assert result.returncode == 2 and 'usage:' in result.stderr
 
 
+@pytest.mark.slow
 def test_setup_celeba64_script_end_to_end(tmp_path):
     names = ['000001.png', '162771.png', '182638.png']
     write_pngs(tmp_path / 'img_align_celeba', [celeba_image(9)] * 3, names)

@@ -31,6 +31,7 @@ def written(folder, *names):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_experiments_end_to_end(cfg, capsys, monkeypatch):
     row = table1.run(cfg)
     res = written(os.path.join(cfg.out, 'table1'), 'report.md', 'table1.png', 'reconstructions.png')
@@ -81,6 +82,7 @@ def test_experiments_end_to_end(cfg, capsys, monkeypatch):
     assert 'training' not in out and 'not re-run' in out
 
 
+@pytest.mark.slow
 def test_demo_report_names_each_claim_and_the_failed_checks(cfg):
     results = dict(table1=table1.report(cfg), rd_curve=rd_curve.report(cfg),
                    lpips_vs_mse=lpips_vs_mse.report(cfg), table2=table2.report(cfg))
@@ -91,6 +93,7 @@ def test_demo_report_names_each_claim_and_the_failed_checks(cfg):
     assert text.count('- stage1-0.02-seed0:') == 1
 
 
+@pytest.mark.slow
 def test_without_weights_and_without_standin_the_error_names_the_file(cfg, capsys):
     assert lpips_vs_mse.main(['--hps', 'mnist16', '--out', cfg.out, '--steps', '5',
                               '--targets', '0.05,0.02', '--train_flags=' + cfg.train_flags]) == 2
@@ -98,6 +101,7 @@ def test_without_weights_and_without_standin_the_error_names_the_file(cfg, capsy
     assert err.startswith('error: ') and 'LPIPS' in err and '--lpips_weights' in err
 
 
+@pytest.mark.slow
 def test_profile_of_a_trained_checkpoint(cfg):
     ckpt = os.path.join(cfg.out, 'runs', 'vdvae-seed0', 'latest-model-ema.th')
     if not os.path.exists(ckpt):
@@ -126,6 +130,7 @@ def test_a_finished_stage_with_other_settings_is_not_reused(cfg):
 # ------------------------------------------------------------------------------------------------
 # The stage planner
 
+@pytest.mark.slow
 def test_parallel_stages_respect_dependencies_and_train_in_subprocesses(cfg, tmp_path):
     cfg2 = demo.config(str(tmp_path), 'quick', jobs=2)
     cfg2.train_flags += ' --n_batch 4'
@@ -140,6 +145,7 @@ def test_parallel_stages_respect_dependencies_and_train_in_subprocesses(cfg, tmp
     assert os.path.getsize(tmp_path / 'runs' / 'c.out') >= 0
 
 
+@pytest.mark.slow
 def test_a_failed_parallel_stage_is_one_clear_error(tmp_path):
     cfg = demo.config(str(tmp_path), 'quick', jobs=2)
     plan = [Stage('bad', 'mnist16', 5, ('--width', 'wide'))]

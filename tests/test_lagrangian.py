@@ -35,6 +35,7 @@ def run(target, value, steps=4000, eta_lr=3e-3, init=None, start=1.0):
     return rate.item(), distortion.item(), etas
 
 
+@pytest.mark.slow
 def test_distortion_target_is_reached_within_5_percent():
     lam = 0.05                                     # optimal rate: 0.5 log(1/lam - ...) finite
     rate, distortion, etas = run('distortion', lam)
@@ -43,6 +44,7 @@ def test_distortion_target_is_reached_within_5_percent():
     assert etas[0] == pytest.approx(0.9999, abs=1e-6) and etas[-1] < 0.95       # it moved
 
 
+@pytest.mark.slow
 def test_rate_target_is_reached_within_5_percent():
     gamma = 0.5
     rate, distortion, etas = run('rate', gamma)
@@ -56,6 +58,7 @@ def test_the_default_start_mimics_kl_annealing_in_both_forms():
     assert LagrangianObjective('rate', 0.1, init=0.9999).multiplier.weight() == pytest.approx(0.9999)
 
 
+@pytest.mark.slow
 def test_rate_targeted_start_at_the_optimum_kl_annealing_vs_literal_0_9999():
     """Started at the optimum (sigma^2 = 1/9: R = 0.5 log 10 = 1.151, D = 0.1) with A.5's lr 2e-4:
     the KL-annealing start (eta = 1e-4, rate weighed least) stays at gamma; A.5's 0.9999 read

@@ -159,6 +159,7 @@ def noisy(images, sigma, seed=0):
     return (x + sigma * torch.randn(x.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
 
 
+@pytest.mark.slow
 def test_standin_classifier_is_accurate_and_cached(mnist, cache_dir):
     splits, model, info = mnist
     assert info['task'] == 'labels' and info['n_classes'] == 10
@@ -174,6 +175,7 @@ def test_standin_classifier_is_accurate_and_cached(mnist, cache_dir):
     assert not any(f.endswith('.tmp') for f in os.listdir(cache_dir))
 
 
+@pytest.mark.slow
 def test_standin_fd_is_zero_for_same_data_and_grows_with_noise(mnist):
     splits, model, _ = mnist
     ref = standin.standin_features(model, splits['train'][list(range(1000))])
@@ -187,6 +189,7 @@ def test_standin_fd_is_zero_for_same_data_and_grows_with_noise(mnist):
     assert fds[-1] > 5 * fds[0]
 
 
+@pytest.mark.slow
 def test_standin_pd_zero_for_identical_and_monotone_in_noise(mnist):
     splits, model, _ = mnist
     x = splits['test'][list(range(64))]

@@ -74,10 +74,14 @@ def test_stage2_depends_on_x_hat():
             p.add_(0.05 * torch.randn_like(p))
     x, y = batch(2)
     x_hat = torch.tanh(torch.randn(2, 32, 32, 1))
-    torch.manual_seed(0)
-    px_a, _, nll_a, rate_a = model(x, y, x_hat)
-    torch.manual_seed(0)
-    px_b, _, nll_b, rate_b = model(x, y, -x_hat)                # the same noise, another x_hat
+    outputs = []
+    for cond in (x_hat, -x_hat):                                # the same noise, another x_hat
+        torch.manual_seed(0)
+        px_z, _ = model.posterior(x, cond)
+        torch.manual_seed(0)
+        terms = model(x, y, cond)
+        outputs.append((px_z, terms['nll'], terms['rate']))
+    (px_a, nll_a, rate_a), (px_b, nll_b, rate_b) = outputs
     assert (px_a - px_b).abs().max() > 1e-3
     assert (nll_a != nll_b).all() and (rate_a != rate_b).all()
     cond_a, cond_b = model.cond_encoder(x_hat), model.cond_encoder(-x_hat)
@@ -87,6 +91,7 @@ def test_stage2_depends_on_x_hat():
                                   model.decoder.forward_manual_latents(2, zs, cond=cond_b))
 
 
+@pytest.mark.slow
 def test_stage1_trains_with_eta_logged_and_resumes_eta_exactly(runs, tmp_path):
     records = log(runs, 'stage1')
     assert {'eta', 'constraint_violation', 'psnr', 'rate', 'distortion'} <= set(records[-1])
@@ -117,6 +122,7 @@ def test_conventional_and_progressive_have_the_same_networks(runs):
                                       if k.startswith('stage2.')}
 
 
+@pytest.mark.slow
 def test_progressive_stage2_leaves_stage1_bit_identical(runs, tmp_path):
     assert run('mnist5k_stage2', tmp_path, 's2', '--stage1_path', str(runs / 'stage1'),
                '--num_iters', '4') == 0
@@ -130,6 +136,7 @@ def test_progressive_stage2_leaves_stage1_bit_identical(runs, tmp_path):
     assert stats['loss'] < stats['elbo']                     # stage 1's rate is not trained
 
 
+@pytest.mark.slow
 def test_conventional_training_changes_both_stages(tmp_path):
     torch.manual_seed(0)
     assert run('mnist5k_conventional', tmp_path, 'conv', '--num_iters', '3') == 0
@@ -145,11 +152,11 @@ def test_conventional_training_changes_both_stages(tmp_path):
 
 def test_two_stage_samples_and_reconstructions():
     model = build_model(get_hparams('mnist5k_conventional', **ARCH)).eval()
-    x_hat, samples = model.sample(3, t1=0.8, t2=0.5)
+    x_hat, samples = model.sample_stages(3, t1=0.8, t2=0.5)
     assert x_hat.shape == samples.shape == (3, 32, 32, 1)
     assert x_hat.dtype == samples.dtype == torch.zeros(1, dtype=torch.uint8).numpy().dtype
     x, y = batch(2)
-    recon_hat, recon = model.reconstruct(x, y)
+    recon_hat, recon = model.reconstruct_stages(x)
     assert recon_hat.shape == recon.shape == (2, 32, 32, 1)
 
 
@@ -201,7 +208,7 @@ def test_stage2_gets_the_same_unclamped_x_hat_in_training_and_sampling(training,
     # sampling from the prior: stage 2 gets x_hat unclamped; only its picture is clamped
     model.eval()
     torch.manual_seed(1)
-    picture, _ = model.sample(3, t1=0.9, t2=0.9)
+    picture, _ = model.sample_stages(3, t1=0.9, t2=0.9)
     prior = seen[1]
     assert prior.abs().max() > 5 and (prior - trained).abs().max() > 1
     assert np.array_equal(picture, to_uint8(torch.clamp(prior, -1, 1)))
@@ -217,13 +224,14 @@ def test_stage2_gets_the_same_unclamped_x_hat_in_training_and_sampling(training,
     # posterior pass and forward_manual_latents run the same operations but in another memory
     # layout (the posterior's state takes the encoder activations' strides), so they agree up to
     # float32 rounding on x_hat's scale (a few ulps of its largest values), not bit for bit.
-    picture, samples = model.sample(3, latents=latents)
+    picture, samples = model.sample_stages(3, latents=latents)
     sampled = seen[2]
     torch.testing.assert_close(sampled, trained, rtol=1e-6, atol=1e-6 * float(trained.abs().max()))
     assert np.array_equal(picture, to_uint8(torch.clamp(sampled, -1, 1)))
     assert picture.dtype == samples.dtype == np.uint8 and samples.shape == (3, 32, 32, 1)
 
 
+@pytest.mark.slow
 def test_masked_probe_and_gamma_optimal_from_a_trained_vdvae(runs, tmp_path):
     ckpt = str(runs / 'vdvae' / 'latest-model-ema.th')
     assert run('mnist5k_masked', tmp_path, 'probe', '--encoder_path', ckpt, '--mode', 'probe',
@@ -269,6 +277,7 @@ def test_wrong_combinations_are_clear_errors(tmp_path, capsys, preset, args, mes
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_stage1_checkpoint_of_another_architecture(runs, tmp_path, capsys):
     assert run('mnist5k_stage2', tmp_path, 'bad', '--stage1_path', str(runs / 'stage1'),
                '--width', '8', '--num_iters', '1') == 2

@@ -32,6 +32,7 @@ def records(tmp_path, kind, desc='run'):
     return [r for r in read_jsonl(tmp_path / desc / 'log.jsonl') if r.get('type') == kind]
 
 
+@pytest.mark.slow
 def test_short_run_lowers_validation_elbo(tmp_path):
     # 4000 training digits at batch 50: one epoch is 80 steps, evaluated at its end
     assert run(['--n_batch', '50', '--num_iters', '80', '--lr', '3e-3', '--ema_rate', '0.9',
@@ -67,6 +68,7 @@ def _wait_for_step(path, step, proc, timeout=120):
     raise AssertionError('training did not reach the step in time')
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     subprocess.run(_train_cmd(tmp_path, 'straight'), env=ENV, check=True, capture_output=True)
     for kill_at in (4, 13):
@@ -116,6 +118,7 @@ _NO_NOISE = ('import sys, vdvae.vae; from vdvae import train; '
 
 
 @pytest.mark.parametrize('launcher', ['torchrun', 'mpiexec'])
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_twice_the_batch(tmp_path, launcher):
     common = [*TINY, '--save_dir', str(tmp_path), '--num_iters', '3', '--iters_per_print', '1',
               '--lr', '1e-4', '--warmup_iters', '0']

@@ -84,6 +84,7 @@ def test_recognise(checkout, tmp_path):
         recognise(checkout / 'vdvae')
 
 
+@pytest.mark.slow
 def test_plugin_refuses_what_it_does_not_recognise(checkout):
     proc = plugin('--hps', 'svhn_stage1', cwd=checkout / 'images', check=False)
     assert proc.returncode == 2
@@ -171,6 +172,7 @@ REGISTRATION = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_registration_model_swap_and_fixes(checkout):
     script = checkout / 'check_registration.py'
     script.write_text(REGISTRATION)
@@ -213,6 +215,7 @@ def test_sample_grid_gives_stage2_the_unclamped_x_hat_of_training():
 # ------------------------------------------------------------------------------------------------
 # Training through upstream's loop
 
+@pytest.mark.slow
 def test_progressive_coding_under_upstreams_loop(checkout):
     """Stage 1 by the plugin's command (3 steps), resumed by upstream's restore flags, then stage 2
     by the patched train.py; the multiplier survives the checkpoint, stage 1 stays bit-identical."""
@@ -262,6 +265,7 @@ def test_progressive_coding_under_upstreams_loop(checkout):
         assert changed                                              # and stage 2 is there
 
 
+@pytest.mark.slow
 def test_upstreams_own_vae_and_data_with_the_fixes(checkout):
     """--model vdvae keeps the checkout's VAE and its cifar10 loader (the np.vstack fix), with
     warmup_iters 0 (the division fix); checkpoints are upstream's files, written as one set."""
@@ -292,6 +296,7 @@ def test_upstreams_own_vae_and_data_with_the_fixes(checkout):
     assert encoder and all(torch.equal(saved[k], v) for k, v in encoder.items())   # the frozen q
 
 
+@pytest.mark.slow
 def test_mpiexec_two_ranks(checkout):
     """Upstream's launcher: two MPI ranks (gloo on the CPU) keep one multiplier."""
     mpiexec = Path(sys.executable).with_name('mpiexec')
@@ -346,6 +351,7 @@ def test_patcher_keeps_line_endings_and_future_imports(checkout):
     assert train_py.read_bytes() == original
 
 
+@pytest.mark.slow
 def test_patcher_refuses(checkout, capsys):
     assert patcher_main(['apply', str(checkout / 'images')]) == 2
     assert 'error:' in capsys.readouterr().err

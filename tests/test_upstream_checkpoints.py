@@ -52,6 +52,7 @@ def results(out, name):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_profile_of_upstream_files(setup):
     root, (ddp, ema), train_flags = setup
     runs = {}
@@ -81,6 +82,7 @@ def test_profile_of_upstream_files(setup):
     print('profile rows:', a['rows'])
 
 
+@pytest.mark.slow
 def test_table1_on_upstream_files(setup):
     root, (ddp, ema), train_flags = setup
     rows = []

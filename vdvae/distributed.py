@@ -4,12 +4,17 @@ One process needs nothing distributed. Under torchrun the usual RANK / WORLD_SIZ
 variables are set. Under mpiexec, mpi4py (imported only then) gives the rank and world size, and
 rank 0's host name becomes MASTER_ADDR, as upstream does. NCCL on CUDA, gloo on CPU.
 """
+import copy
 import os
 import socket
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .contract import training_loss
 
 _MPI_SIZE_VARIABLES = ('OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'PMIX_SIZE', 'MV2_COMM_WORLD_SIZE')
 
@@ -91,3 +96,82 @@ def broadcast_from_main(obj):
 def cleanup():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradient layout for DDP
+
+def match_gradient_layout(model, inputs=None):
+    """Give each parameter the strides autograd gives its gradient, where the two differ only along
+    dimensions of size 1: the same memory, so no value moves and no result changes. DDP's bucket
+    views copy the parameters' strides and it warns ("Grad strides do not match bucket view
+    strides") when a gradient's differ; call this before DDP wraps the model.
+
+    Along size-1 dimensions a gradient's strides are up to the kernel that computes it: on the CPU
+    mkldnn gives the weights of 1x1 and one-input-channel convolutions channels-last strides while
+    slow_conv2d (one thread, batch < 16) follows the weight's, broadcast reductions (gain, bias,
+    bias_xs) give contiguous ones, and on CUDA cuDNN goes by the input's and the weight's layout.
+    So they are measured: one forward and backward of a copy of the model, on `inputs` (positional
+    arguments of `forward`; by default random NHWC images as training's: H.n_batch of them, under
+    H.amp's autocast). The random number generators are left as they were. Returns the names of the
+    parameters given new strides.
+
+    No work is saved: with `zero_grad(set_to_none=True)` DDP copies every fresh gradient into its
+    bucket anyway, and the same kernels run either way (BENCHMARKS.md, "DDP gradient layout")."""
+    strides = _gradient_strides(model, inputs)
+    if strides is None:
+        return []
+    changed = []
+    for name, p in model.named_parameters():
+        want = strides.get(name)
+        if want is not None and want != p.stride() and _same_memory(p.shape, p.stride(), want):
+            p.data = p.data.as_strided(p.shape, want, p.storage_offset())
+            changed.append(name)
+    return changed
+
+
+def _same_memory(shape, strides, other):
+    """Whether two stride tuples address the same elements (a size-1 dimension's stride is never
+    used to step)."""
+    return all(a == b for n, a, b in zip(shape, strides, other) if n != 1)
+
+
+def _gradient_strides(model, inputs):
+    """{name: gradient strides} from one training step of a copy of `model`, or None (with a
+    warning) when no inputs are given and the model's hyperparameters cannot make them."""
+    autocast = _training_autocast(model)
+    if inputs is None:
+        inputs = _training_batch(model)
+        if inputs is None:
+            warnings.warn('match_gradient_layout: no inputs and no model.H to make them from; '
+                          'parameter strides left as they are')
+            return None
+    probe = copy.deepcopy(model)
+    probe.zero_grad(set_to_none=True)
+    cuda = sorted({p.device.index or 0 for p in probe.parameters() if p.device.type == 'cuda'})
+    with torch.random.fork_rng(devices=cuda):       # the run's seeded draws stay the same
+        with autocast:
+            loss = training_loss(probe(*inputs))
+        loss.backward()
+    return {name: p.grad.stride() for name, p in probe.named_parameters() if p.grad is not None}
+
+
+def _training_batch(model):
+    """(x_in, x_target) shaped as train.py gives them: NHWC, H.n_batch images per process (the
+    batch size decides which convolution kernels run)."""
+    H = getattr(model, 'H', None)
+    if H is None or not all(k in H for k in ('n_batch', 'image_size', 'image_channels')):
+        return None
+    p = next(model.parameters())
+    shape = (H.n_batch, H.image_size, H.image_size, H.image_channels)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
+    return x, x * 2 - 1
+
+
+def _training_autocast(model):
+    """train.py's autocast for H.amp (bf16 or fp16), since half-precision kernels lay out their
+    gradients in their own way; a null context otherwise."""
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(getattr(model, 'H', {}).get('amp'))
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)

@@ -9,6 +9,7 @@ from contextlib import nullcontext
 
 import torch
 
+from .contract import with_distortion_name
 from .distributed import all_reduce_sum
 
 
@@ -30,8 +31,9 @@ def load_batch(dataset, indices):
 @torch.no_grad()
 def evaluate(H, model, dataset, preprocess_fn, device, rank=0, world_size=1, autocast=None):
     """Per-example means over `dataset` (one posterior sample each) of every scalar the model
-    returns: for a VDVAE `elbo`, `distortion`, `rate` in nats/dim, plus `elbo_bits_per_dim` and
-    `elbo_filtered` (the mean over batches whose elbo is finite, as upstream logs it)."""
+    returns: for a VDVAE `elbo`, `distortion` (also as `nll`), `rate` in nats/dim, plus
+    `elbo_bits_per_dim` and `elbo_filtered` (the mean over batches whose elbo is finite, as
+    upstream logs it)."""
     model.eval()
     sums, count, finite_elbo, finite_count = {}, 0, 0.0, 0
     for indices in split_batches(len(dataset), H.n_batch, rank, world_size):
@@ -52,6 +54,7 @@ def evaluate(H, model, dataset, preprocess_fn, device, rank=0, world_size=1, aut
     if n != len(dataset):
         raise RuntimeError(f'evaluated {n} examples, expected {len(dataset)}')
     out = dict(n_examples=int(n), **{k: totals[i] / n for i, k in enumerate(keys)})
+    out = with_distortion_name(out, model.distortion_kind)
     if 'elbo' in out:
         out['elbo_filtered'] = totals[-2] / totals[-1] if totals[-1] else float('nan')
         out['elbo_bits_per_dim'] = out['elbo'] / math.log(2)

@@ -13,6 +13,8 @@ import argparse
 import difflib
 from importlib import metadata
 
+from .errors import ConfigError
+
 # Image geometry of each dataset (upstream sets these in data.set_up_data; channels are always 3
 # there). Extensions add their datasets with `register_dataset`.
 DATASET_IMAGE_SHAPE = {
@@ -21,6 +23,7 @@ DATASET_IMAGE_SHAPE = {
     'imagenet64': (64, 3),
     'ffhq_256': (256, 3),
     'ffhq_1024': (1024, 3),
+    'imagefolder': (None, None),            # known only from its files (vdvae.data)
 }
 
 
@@ -59,7 +62,7 @@ HPARAMS_REGISTRY = {}
 def register_preset(name, hps, parent=None):
     """Add preset `name`: the keys of `hps` over a copy of preset `parent` (if any). Returns it."""
     if parent is not None and parent not in HPARAMS_REGISTRY:
-        raise ValueError(unknown_name_message('parent preset', parent, HPARAMS_REGISTRY))
+        raise ConfigError(unknown_name_message('parent preset', parent, HPARAMS_REGISTRY))
     preset = Hyperparams(HPARAMS_REGISTRY[parent]) if parent else Hyperparams()
     preset.update(hps)
     HPARAMS_REGISTRY[name] = preset
@@ -147,23 +150,17 @@ def _d(help_text):
     return help_text + ' (default: %(default)s)'
 
 
-_PLUGINS_LOADED = False
-
-
 def load_plugins():
     """Import the modules registered under the entry-point group `vdvae.plugins` (installed
-    packages such as progcode's `hps_overrides`), so that their presets and flags exist."""
-    global _PLUGINS_LOADED
-    if not _PLUGINS_LOADED:
-        _PLUGINS_LOADED = True
-        for entry_point in metadata.entry_points(group='vdvae.plugins'):
-            entry_point.load()
+    packages such as progcode's `hps_overrides`), so that their presets, flags, models and
+    datasets exist. Called once, by `vdvae/__init__.py`."""
+    for entry_point in metadata.entry_points(group='vdvae.plugins'):
+        entry_point.load()
 
 
 def add_vae_arguments(parser):
     """Upstream's flags, names and defaults, plus the project's own (image geometry) and those
     of plugins."""
-    load_plugins()
     a = parser.add_argument
     a('--seed', type=int, default=0, help=_d('seed for numpy and torch'))
     a('--port', type=int, default=29500, help=_d('MASTER_PORT for torch.distributed'))
@@ -250,18 +247,30 @@ PROJECT_DEFAULTS = {'image_size': None, 'image_channels': None}
 
 
 def with_defaults(H):
-    """A Hyperparams copy of `H` (dict, Namespace or Hyperparams) with project keys filled in."""
+    """A Hyperparams copy of `H` (dict, Namespace or Hyperparams) with project keys filled in: the
+    image geometry from the dataset's registered shape where the flags leave it None. A dataset
+    whose geometry only its files tell (`imagefolder`) keeps None here: `vdvae.data.set_up_data`
+    and `vdvae.data.resolve_geometry` read it off the data."""
     H = Hyperparams(vars(H) if isinstance(H, argparse.Namespace) else H)
     for key, value in PROJECT_DEFAULTS.items():
         H.setdefault(key, value)
     if H.image_size is None or H.image_channels is None:
-        if H.get('dataset') in DATASET_IMAGE_SHAPE:
-            size, channels = DATASET_IMAGE_SHAPE[H.dataset]
-        else:                   # e.g. `imagefolder`: read off the first image (or a clear error)
-            from .data import image_geometry
-            size, channels = image_geometry(H.get('dataset'), H.get('data_root', './'))
+        if H.get('dataset') not in DATASET_IMAGE_SHAPE:
+            raise ConfigError('--dataset: ' + unknown_name_message(
+                'dataset', str(H.get('dataset')), DATASET_IMAGE_SHAPE))
+        size, channels = DATASET_IMAGE_SHAPE[H.dataset]
         H.image_size = size if H.image_size is None else H.image_size
         H.image_channels = channels if H.image_channels is None else H.image_channels
+    return H
+
+
+def with_geometry(H):
+    """`with_defaults(H)`, which must know the image geometry: what a network is built from."""
+    H = with_defaults(H)
+    if H.image_size is None or H.image_channels is None:
+        raise ConfigError(f'the image size of dataset {H.get("dataset")!r} is known only from its '
+                          'files: pass --image_size and --image_channels, or read them off the '
+                          'data first (vdvae.data.resolve_geometry(H))')
     return H
 
 
@@ -272,18 +281,19 @@ def parse_flags(parser, s=None):
     valid_keys = {action.dest for action in parser._actions}
     for name in names:
         if name not in HPARAMS_REGISTRY:
-            raise ValueError(unknown_name_message('preset', name, HPARAMS_REGISTRY))
+            raise ConfigError(unknown_name_message('preset', name, HPARAMS_REGISTRY))
         preset = HPARAMS_REGISTRY[name]
         for key in preset:
             if key not in valid_keys:
-                raise ValueError(f'preset {name!r} sets {key!r}, which is not a flag. '
-                                 + unknown_name_message('key', key, valid_keys))
+                raise ConfigError(f'preset {name!r} sets {key!r}, which is not a flag. '
+                                  + unknown_name_message('key', key, valid_keys))
         parser.set_defaults(**preset)
     return Hyperparams(vars(parser.parse_args(s)))
 
 
 def parse_args_and_update_hparams(H, parser, s=None):
-    """Upstream's entry point: fills `H` from presets and flags, then the image geometry."""
+    """Upstream's entry point: fills `H` from presets and flags, then the image geometry where the
+    dataset registers one (see `with_defaults`)."""
     H.update(parse_flags(parser, s))
     H.update(with_defaults(H))
     return H
@@ -302,6 +312,6 @@ def get_hparams(*presets, **overrides):
     H = parse_flags(parser, ['--hps', ','.join(presets)] if presets else [])
     for key in overrides:
         if key not in H:
-            raise ValueError(unknown_name_message('hyperparameter', key, H.keys()))
+            raise ConfigError(unknown_name_message('hyperparameter', key, H.keys()))
     H.update(overrides)
     return with_defaults(H)

@@ -3,6 +3,7 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
+from .errors import ConfigError
 
 CELL = 128            # grid cells are upscaled to at least this many pixels on a side
 GAP_VALUE = 128       # mid-grey: visible against black (MNIST) and white images alike
@@ -22,12 +23,12 @@ def tile_images(images, ncol, scale=None, gap=2, gap_value=GAP_VALUE):
     plain (rows*H, ncol*W, C) tiling."""
     images = np.asarray(images)
     if images.ndim != 4:
-        raise ValueError(f'tile_images expects (N, H, W, C) images, got shape {images.shape}')
+        raise ConfigError(f'tile_images expects (N, H, W, C) images, got shape {images.shape}')
     n, h, w, c = images.shape
     s = grid_scale(h, w) if scale is None else int(scale)
     if s < 1 or gap < 0 or ncol < 1:
-        raise ValueError(f'tile_images: need scale >= 1, gap >= 0, ncol >= 1 '
-                         f'(got {s}, {gap}, {ncol})')
+        raise ConfigError(f'tile_images: need scale >= 1, gap >= 0, ncol >= 1 '
+                          f'(got {s}, {gap}, {ncol})')
     rows = -(-n // ncol)
     ch, cw = h * s, w * s
     grid = np.full((rows * ch + max(rows - 1, 0) * gap, ncol * cw + (ncol - 1) * gap, c),
@@ -48,20 +49,8 @@ def write_image(path, image):
 
 
 @torch.no_grad()
-def write_images(H, ema_model, originals, x_in, x_target, path):
-    """Upstream's sample grid: a row of originals; rows of reconstructions from the first k
-    posterior latents (the rest from the prior at t = 0.1) for evenly spaced k; rows of prior
-    samples at t = 1.0, 0.9, 0.8, 0.7 (the first `num_temperatures_visualize`)."""
-    n = originals.shape[0]
-    if hasattr(ema_model, 'visualize'):                 # models of extensions lay out their own
-        write_image(path, tile_images(np.concatenate(ema_model.visualize(originals, x_in, x_target)), n))
-        return
-    rows = [np.asarray(originals.cpu(), dtype=np.uint8)]
-    zs = [s['z'] for s in ema_model.forward_get_latents(x_in)]
-    cuts = np.floor(np.linspace(0, 1, H.num_variables_visualize + 2) * len(zs)).astype(int)[1:-1]
-    for k in cuts:
-        rows.append(ema_model.forward_samples_set_latents(n, zs[:k], t=0.1))
-    for t in [1.0, 0.9, 0.8, 0.7][:H.num_temperatures_visualize]:
-        rows.append(ema_model.forward_uncond_samples(n, t=t))
-    images = np.concatenate(rows, axis=0)
-    write_image(path, tile_images(images, n))
+def write_images(H, ema_model, originals, x_in, path):
+    """The model's sample grid (`Model.sample_grid`: upstream's layout unless the model lays out
+    its own), one row per line, written as a PNG."""
+    rows = ema_model.sample_grid(originals, x_in, H)
+    write_image(path, tile_images(np.concatenate(rows), originals.shape[0]))

@@ -1,13 +1,11 @@
-"""Which network `train.py` builds: `--model NAME` picks a factory `H -> nn.Module`.
+"""Which network `train.py` builds: `--model NAME` picks a factory `H -> Model`.
 
 The core registers `vdvae` (upstream's VAE). Extensions register theirs (progcode: `stage1`,
-`two_stage`, `masked`). A model's `forward(x_in, x_target)` returns a dict of scalars with at least
-`rate` and `distortion`, and `loss` when its objective is not the negative `elbo`. Optional hooks the
-training loop calls: `after_update(stats)` after each applied update (e.g. a Lagrange multiplier's
-step), `calibrate(data, preprocess_fn, device, logprint)` once before training, `visualize(...)`
-for the sample grid, and the class attribute `has_unused_parameters` for DDP.
+`two_stage`, `masked`). What every network must offer is `vdvae.contract.Model`.
 """
-from .hps import load_plugins, unknown_name_message
+from .contract import Model
+from .errors import ConfigError
+from .hps import unknown_name_message
 from .vae import VAE
 
 MODELS = {'vdvae': VAE}
@@ -19,7 +17,10 @@ def register_model(name, factory):
 
 
 def build_model(H):
-    load_plugins()
     if H.model not in MODELS:
-        raise ValueError(unknown_name_message('model', H.model, MODELS))
-    return MODELS[H.model](H)
+        raise ConfigError(unknown_name_message('model', H.model, MODELS))
+    model = MODELS[H.model](H)
+    if not isinstance(model, Model):            # a plug-in's bug: keep the traceback
+        raise TypeError(f'--model {H.model} built a {type(model).__name__}, which is not a '
+                        'vdvae.contract.Model; subclass it')
+    return model

@@ -24,8 +24,14 @@ import sys
 import numpy as np
 import torch
 
-from .data import (DataError, CorruptDataError, ImageShapeError, MissingDataError, LOADERS,
-                   list_images, load_splits, read_image)
+from .data import (LOADERS, CorruptDataError, ImageShapeError, MissingDataError, list_images,
+                   load_splits, read_image)
+from .errors import ConfigError, UserError
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """A converter's output is already there (and --overwrite was not given)."""
+
 
 # CelebA (aligned and cropped, 178 wide x 218 high): the centred 140x140 square, as
 # (left, top, right, bottom) in pixels, right/bottom exclusive: rows 39..178, columns 19..158.
@@ -80,7 +86,7 @@ def _rgb(image, name):
 
 def _check_free(path, overwrite):
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f'{path} exists; remove it or pass --overwrite')
+        raise OutputExistsError(f'{path} exists; remove it or pass --overwrite')
 
 
 def write_npy(path, n, shape, chunks, overwrite=False):
@@ -190,7 +196,7 @@ def arrange_ffhq1024(src, out, link='symlink', overwrite=False):
         elif link == 'move':
             shutil.move(p, target)
         else:
-            raise ValueError(f'--link must be symlink, copy or move, not {link!r}')
+            raise ConfigError(f'--link must be symlink, copy or move, not {link!r}')
     n_valid = sum(t.split(os.sep)[-2] == 'valid' for _, t in plan)
     print(f'arranged {len(plan)} images under {os.path.join(out, "ffhq1024")}: '
           f'{len(plan) - n_valid} train, {n_valid} valid ({link})')
@@ -356,7 +362,7 @@ def main(argv=None):
         elif args.command == 'lsun_bedroom64':
             convert_lsun_bedroom64(args.train, args.val, args.out, args.max_images,
                                    args.overwrite)
-    except (DataError, FileExistsError) as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -19,7 +19,7 @@ import random
 import shutil
 import sys
 import warnings
-from collections import deque
+from collections import deque, namedtuple
 from contextlib import nullcontext
 
 import numpy as np
@@ -29,13 +29,16 @@ from tqdm import tqdm
 
 from vdvae.checkpoint import (load_file, recover_checkpoint_set, restore_optimizer,
                               restore_params, save_checkpoint_set)
+from vdvae.contract import training_loss, with_distortion_name
 from vdvae.data import set_up_data
-from vdvae.distributed import all_reduce_mean, broadcast_from_main, cleanup, setup_distributed
+from vdvae.distributed import (all_reduce_mean, broadcast_from_main, cleanup,
+                               match_gradient_layout, setup_distributed)
+from vdvae.errors import ConfigError, UserError
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
 from vdvae.images import write_images
-from vdvae.models import build_model
 from vdvae.logger import Logger, read_jsonl
+from vdvae.models import build_model
 from vdvae.train_helpers import build_optimizer, keep_freed_memory, training_step
 
 # A skipped first update is normal here (NaN batch, huge gradient); torch would warn about it.
@@ -47,6 +50,7 @@ ARCHITECTURE_KEYS = ('dataset', 'image_size', 'image_channels', 'enc_blocks', 'd
                      'num_mixtures')
 EARLY_LOG_STEPS = {1} | {2 ** e for e in range(3, 14)}
 RUN_FILES = ('hparams.json', 'log.jsonl', 'latest-state.th', 'latest-model.th')
+PROGRESS_KEYS = ('step', 'epoch', 'batch', 'consecutive_skips')
 
 
 class TrainingStopped(RuntimeError):
@@ -64,23 +68,23 @@ def prepare_run_dir(H, run_dir):
         open(probe, 'w').close()
         os.unlink(probe)
     except OSError as e:
-        raise OSError(f'cannot write to save dir {run_dir!r} ({e.strerror}); choose another '
-                      '--save_dir or fix its permissions') from None
+        raise UserError(f'cannot write to save dir {run_dir!r} ({e.strerror}); choose another '
+                        '--save_dir or fix its permissions') from e
     recover_checkpoint_set(run_dir)
     has_run = any(os.path.exists(os.path.join(run_dir, f)) for f in RUN_FILES)
     if H.resume:
         if not os.path.exists(os.path.join(run_dir, 'latest-state.th')):
-            raise ValueError(f'--resume: no checkpoint to resume in {run_dir!r} (no '
-                             'latest-state.th); start without --resume')
+            raise ConfigError(f'--resume: no checkpoint to resume in {run_dir!r} (no '
+                              'latest-state.th); start without --resume')
         with open(os.path.join(run_dir, 'hparams.json')) as f:
             saved = json.load(f)
         for key in ARCHITECTURE_KEYS:
             if saved.get(key) != H[key]:
-                raise ValueError(f'--resume: the run in {run_dir!r} has {key}={saved.get(key)!r}, '
-                                 f'these flags give {H[key]!r}; use the same --hps and flags')
+                raise ConfigError(f'--resume: the run in {run_dir!r} has {key}={saved.get(key)!r}, '
+                                  f'these flags give {H[key]!r}; use the same --hps and flags')
     elif has_run and not H.overwrite:
-        raise ValueError(f'save dir {run_dir!r} already holds a run; continue it with --resume, '
-                         'start a new one with another --desc, or replace it with --overwrite')
+        raise ConfigError(f'save dir {run_dir!r} already holds a run; continue it with --resume, '
+                          'start a new one with another --desc, or replace it with --overwrite')
     elif has_run:
         for name in os.listdir(run_dir):
             if name.startswith(('latest-', 'iter-', 'log.', 'samples-', 'hparams')):
@@ -122,17 +126,23 @@ def gather_rng_states(world_size):
     return states
 
 
-def save_run(H, run_dir, prefix, vae, ema_vae, optimizer, scheduler, scaler, progress, rngs):
-    files = {
-        f'{prefix}-model.th': vae.state_dict(),
-        f'{prefix}-model-ema.th': ema_vae.state_dict(),
-        f'{prefix}-opt.th': optimizer.state_dict(),
-        f'{prefix}-state.th': dict(progress, scheduler=scheduler.state_dict(),
-                                   scaler=scaler.state_dict(), rng=rngs),
-    }
-    if os.path.exists(os.path.join(run_dir, 'log.jsonl')):
-        files[f'{prefix}-log.jsonl'] = os.path.join(run_dir, 'log.jsonl')
-    save_checkpoint_set(run_dir, files)
+def save_run(run, st, prefixes):
+    """Write the checkpoint sets `prefixes` (e.g. 'latest', 'iter-N'), each all-or-nothing. Every
+    rank takes part (its RNG states are gathered); the main rank writes."""
+    rngs = gather_rng_states(run.dist.world_size)
+    if not run.dist.is_main:
+        return
+    for prefix in prefixes:
+        files = {
+            f'{prefix}-model.th': st.vae.state_dict(),
+            f'{prefix}-model-ema.th': st.ema_vae.state_dict(),
+            f'{prefix}-opt.th': st.optimizer.state_dict(),
+            f'{prefix}-state.th': dict(st.progress, scheduler=st.scheduler.state_dict(),
+                                       scaler=st.scaler.state_dict(), rng=rngs),
+        }
+        if os.path.exists(os.path.join(run.run_dir, 'log.jsonl')):
+            files[f'{prefix}-log.jsonl'] = os.path.join(run.run_dir, 'log.jsonl')
+        save_checkpoint_set(run.run_dir, files)
 
 
 def accumulate_stats(window):
@@ -163,7 +173,7 @@ def main(argv=None):
     try:
         parse_args_and_update_hparams(H, parser, argv)
         return train(H)
-    except (ValueError, OSError) as e:             # CheckpointError is a ValueError
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     except TrainingStopped as e:
@@ -174,6 +184,26 @@ def main(argv=None):
 
 
 def train(H):
+    run = set_up_run(H)
+    state = build_or_resume(H, run)
+    if H.test_eval:
+        stats = evaluate(H, state.ema_vae, run.data_eval, run.preprocess_fn, run.dist.device,
+                         run.dist.rank, run.dist.world_size, state.autocast)
+        run.logprint(type='test_loss', **stats)
+        return 0
+    train_loop(H, run, state)
+    return 0
+
+
+# What a run works on (`Run`), and the training state that a checkpoint saves (`TrainState`).
+Run = namedtuple('Run', 'dist run_dir data_train data_eval preprocess_fn logprint')
+TrainState = namedtuple('TrainState', 'vae ema_vae model optimizer scheduler scaler autocast '
+                                      'progress')
+
+
+def set_up_run(H):
+    """Processes, the run folder (checked on the main rank; on a problem every rank stops and none
+    waits forever), the data, the log and hparams.json."""
     d = setup_distributed(H.port, H.device)
     if d.device.type == 'cpu':
         keep_freed_memory()                 # about 6% faster CPU steps (BENCHMARKS.md)
@@ -182,11 +212,11 @@ def train(H):
     if d.is_main:
         try:
             prepare_run_dir(H, run_dir)
-        except (ValueError, OSError) as e:
+        except UserError as e:
             problem = str(e)
-    problem = broadcast_from_main(problem)          # every rank stops, none waits forever
+    problem = broadcast_from_main(problem)
     if problem:
-        raise ValueError(problem)
+        raise ConfigError(problem)
     H, data_train, data_eval, preprocess_fn = set_up_data(H)
     logprint = Logger(run_dir, enabled=d.is_main, echo=not H.quiet)
     H.update(mpi_size=d.world_size, rank=d.rank, local_rank=d.local_rank, logdir=run_dir)
@@ -195,9 +225,12 @@ def train(H):
             json.dump(H, f, indent=1, sort_keys=True)
         for key in sorted(H):
             logprint(type='hparam', key=key, value=H[key])
+    return Run(d, run_dir, data_train, data_eval, preprocess_fn, logprint)
 
-    # Models: the same init on every rank; then per-rank noise (upstream gives all ranks one seed,
-    # so their posterior samples repeat the same noise).
+
+def build_models(H, device):
+    """The model and its EMA copy: the same init on every rank (seeded), weights from
+    --restore_path / --restore_ema_path, on `device` in the chosen memory format."""
     torch.manual_seed(H.seed)
     np.random.seed(H.seed)
     random.seed(H.seed)
@@ -210,40 +243,28 @@ def train(H):
         ema_vae.load_state_dict(vae.state_dict())
     ema_vae.requires_grad_(False)
     memory_format = torch.channels_last if H.channels_last else torch.contiguous_format
-    vae = vae.to(d.device, memory_format=memory_format)
-    ema_vae = ema_vae.to(d.device, memory_format=memory_format)
+    return vae.to(device, memory_format=memory_format), ema_vae.to(device, memory_format=memory_format)
+
+
+def build_or_resume(H, run):
+    """Models, optimizer, scheduler, scaler and progress: fresh (calibrated), or exactly as the
+    run's latest checkpoint left them (--resume). Then the per-rank seeds (upstream gives all
+    ranks one seed, so their posterior samples would repeat the same noise)."""
+    d, logprint = run.dist, run.logprint
+    vae, ema_vae = build_models(H, d.device)
     optimizer, scheduler = build_optimizer(H, vae)
     scaler = torch.amp.GradScaler(d.device.type, enabled=H.amp == 'fp16')
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(H.amp)
     autocast = (lambda: torch.autocast(d.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     logprint(f'parameters: {sum(p.numel() for p in vae.parameters()):,}; device {d.device}, '
              f'{d.world_size} process(es), batch {H.n_batch} per process, amp {H.amp}')
-
-    progress = dict(step=0, epoch=0, batch=0, consecutive_skips=0)
-    rngs = None
     if H.resume:
-        state = load_file(os.path.join(run_dir, 'latest-state.th'))
-        restore_params(vae, os.path.join(run_dir, 'latest-model.th'))
-        restore_params(ema_vae, os.path.join(run_dir, 'latest-model-ema.th'))
-        restore_optimizer(optimizer, os.path.join(run_dir, 'latest-opt.th'))
-        scheduler.load_state_dict(state['scheduler'])
-        scaler.load_state_dict(state['scaler'])
-        progress = {k: state[k] for k in progress}
-        rngs = state['rng']
-        if d.is_main and os.path.exists(os.path.join(run_dir, 'latest-log.jsonl')):
-            shutil.copyfile(os.path.join(run_dir, 'latest-log.jsonl'), logprint.jsonl_path)
-            logprint.jsonl.seek(0, os.SEEK_END)
-        logprint(f"resumed {run_dir} at step {progress['step']}")
+        progress, rngs = resume(run, vae, ema_vae, optimizer, scheduler, scaler)
     else:
-        if H.restore_optimizer_path:
-            restore_optimizer(optimizer, H.restore_optimizer_path)
-        if H.restore_log_path:
-            steps = [r for r in read_jsonl(H.restore_log_path) if r.get('type') == 'train_loss']
-            if steps:
-                progress.update(epoch=max(r['epoch'] for r in steps), step=max(r['step'] for r in steps))
-    if hasattr(vae, 'calibrate') and progress['step'] == 0 and not H.test_eval:
+        progress, rngs = start_progress(H, optimizer), None
+    if progress['step'] == 0 and not H.test_eval:
         # before the per-rank seeds, so that every rank measures the same (e.g. gamma = R_K)
-        vae.calibrate(data_eval, preprocess_fn, d.device, logprint)
+        vae.calibrate(run.data_eval, run.preprocess_fn, d.device, logprint)
         with torch.no_grad():
             for ema_buffer, buffer in zip(ema_vae.buffers(), vae.buffers()):
                 ema_buffer.copy_(buffer)
@@ -251,83 +272,125 @@ def train(H):
         set_rng_state(rngs[d.rank])
     else:
         torch.manual_seed(H.seed + d.rank)
+    return TrainState(vae, ema_vae, wrap_for_training(H, d, vae), optimizer, scheduler, scaler,
+                      autocast, progress)
 
+
+def resume(run, vae, ema_vae, optimizer, scheduler, scaler):
+    """Load the run's latest checkpoint set into the training state; (progress, RNG states)."""
+    run_dir = run.run_dir
+    state = load_file(os.path.join(run_dir, 'latest-state.th'))
+    restore_params(vae, os.path.join(run_dir, 'latest-model.th'))
+    restore_params(ema_vae, os.path.join(run_dir, 'latest-model-ema.th'))
+    restore_optimizer(optimizer, os.path.join(run_dir, 'latest-opt.th'))
+    scheduler.load_state_dict(state['scheduler'])
+    scaler.load_state_dict(state['scaler'])
+    if run.dist.is_main and os.path.exists(os.path.join(run_dir, 'latest-log.jsonl')):
+        shutil.copyfile(os.path.join(run_dir, 'latest-log.jsonl'), run.logprint.jsonl_path)
+        run.logprint.jsonl.seek(0, os.SEEK_END)
+    progress = {k: state[k] for k in PROGRESS_KEYS}
+    run.logprint(f"resumed {run_dir} at step {progress['step']}")
+    return progress, state['rng']
+
+
+def start_progress(H, optimizer):
+    """A fresh run's progress; upstream's --restore_optimizer_path / --restore_log_path."""
+    progress = dict.fromkeys(PROGRESS_KEYS, 0)
+    if H.restore_optimizer_path:
+        restore_optimizer(optimizer, H.restore_optimizer_path)
+    if H.restore_log_path:
+        steps = [r for r in read_jsonl(H.restore_log_path) if r.get('type') == 'train_loss']
+        if steps:
+            progress.update(epoch=max(r['epoch'] for r in steps), step=max(r['step'] for r in steps))
+    return progress
+
+
+def wrap_for_training(H, d, vae):
+    """What the loop calls: the model, under DDP on several processes, compiled with --compile."""
     model = vae
     if d.world_size > 1:
+        match_gradient_layout(vae)          # gradients come out as DDP's buckets lay them out
         model = DistributedDataParallel(
             vae, device_ids=[d.local_rank] if d.device.type == 'cuda' else None,
-            gradient_as_bucket_view=True,
-            find_unused_parameters=getattr(vae, 'has_unused_parameters', False))
+            gradient_as_bucket_view=True, find_unused_parameters=vae.has_unused_parameters)
     if H.compile:
         model = torch.compile(model)
+    return model
 
-    if H.test_eval:
-        stats = evaluate(H, ema_vae, data_eval, preprocess_fn, d.device, d.rank, d.world_size, autocast)
-        logprint(type='test_loss', **stats)
-        return 0
 
-    viz_items = load_batch(data_eval, range(min(H.num_images_visualize, len(data_eval))))
-    viz_in, viz_target = preprocess_fn(viz_items, d.device)
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+def finished(H, progress):
+    return progress['epoch'] >= H.num_epochs or (
+        H.num_iters is not None and progress['step'] >= H.num_iters)
+
+
+def train_loop(H, run, st):
+    d, progress = run.dist, st.progress
+    viz_items = load_batch(run.data_eval, range(min(H.num_images_visualize, len(run.data_eval))))
+    viz_in, _ = run.preprocess_fn(viz_items, d.device)
     window = deque(maxlen=H.iters_per_print)
     start_step = progress['step']
-    done = lambda: progress['epoch'] >= H.num_epochs or (
-        H.num_iters is not None and progress['step'] >= H.num_iters)
     bar = tqdm(total=H.num_iters, initial=start_step,
                disable=not (d.is_main and sys.stdout.isatty()) or H.quiet)
-    while not done():
-        batches = epoch_batches(len(data_train), H.n_batch, H.seed, progress['epoch'], d.rank, d.world_size)
+    while not finished(H, progress):
+        batches = epoch_batches(len(run.data_train), H.n_batch, H.seed, progress['epoch'], d.rank,
+                                d.world_size)
         for indices in batches[progress['batch']:]:
-            if done():
+            if finished(H, progress):
                 break
-            x_in, x_target = preprocess_fn(load_batch(data_train, indices), d.device)
-            stats = training_step(H, x_in, x_target, model, ema_vae, optimizer, scaler=scaler,
-                                  autocast=autocast, reduce_stats=lambda s: all_reduce_mean(s, d.device))
-            scheduler.step()
-            if not stats['skipped_updates'] and hasattr(vae, 'after_update'):
-                vae.after_update(stats)             # e.g. the Lagrange multiplier's step
+            x_in, x_target = run.preprocess_fn(load_batch(run.data_train, indices), d.device)
+            stats = training_step(H, x_in, x_target, st.model, st.ema_vae, st.optimizer,
+                                  scaler=st.scaler, autocast=st.autocast,
+                                  reduce_stats=lambda s: all_reduce_mean(s, d.device))
+            st.scheduler.step()
+            if not stats['skipped_updates']:
+                st.vae.after_update(stats)          # e.g. the Lagrange multiplier's step
             window.append(stats)
-            progress['consecutive_skips'] = progress['consecutive_skips'] + 1 if stats['skipped_updates'] else 0
-            progress['step'] += 1
-            progress['batch'] += 1
+            progress.update(step=progress['step'] + 1, batch=progress['batch'] + 1,
+                            consecutive_skips=(progress['consecutive_skips'] + 1
+                                               if stats['skipped_updates'] else 0))
             bar.update(1)
-            step = progress['step']
-            if step % H.iters_per_print == 0 or (step - start_step) in EARLY_LOG_STEPS:
-                logprint(type='train_loss', lr=scheduler.get_last_lr()[0], epoch=progress['epoch'],
-                         step=step, **accumulate_stats(list(window)))
-            if progress['consecutive_skips'] >= H.max_consecutive_skips:
-                raise TrainingStopped(
-                    f"{progress['consecutive_skips']} updates in a row were skipped (last grad norm "
-                    f"{stats['grad_norm']:.1f}, skip_threshold {H.skip_threshold}, NaN loss: "
-                    f"{bool(stats['distortion_nans'] or stats['rate_nans'])}); the model no longer "
-                    'changes. Raise --skip_threshold above the logged grad norms (or -1 to never '
-                    'skip), lower --lr, or restart from an earlier iter-N checkpoint')
-            if d.is_main and (step % H.iters_per_images == 0 or (
-                    step - start_step in EARLY_LOG_STEPS and H.dataset != 'ffhq_1024')):
-                # on a fork of the RNG: pictures (also those after a restart) must not change training
-                with torch.random.fork_rng(devices=[d.device] if d.device.type == 'cuda' else []):
-                    write_images(H, ema_vae, viz_items, viz_in, viz_target,
-                                 os.path.join(run_dir, f'samples-{step}.png'))
-            save_latest = step % H.iters_per_save == 0 and math.isfinite(stats.get('loss', stats.get('elbo')))
-            save_numbered = step % H.iters_per_ckpt == 0
-            if save_latest or save_numbered:
-                rngs_now = gather_rng_states(d.world_size)
-                for prefix, wanted in (('latest', save_latest), (f'iter-{step}', save_numbered)):
-                    if wanted and d.is_main:
-                        save_run(H, run_dir, prefix, vae, ema_vae, optimizer, scheduler, scaler,
-                                 progress, rngs_now)
+            after_step(H, run, st, stats, window, progress['step'] - start_step,
+                       (viz_items, viz_in))
         else:                                       # the epoch ran to its end
             progress.update(epoch=progress['epoch'] + 1, batch=0)
             if (progress['epoch'] - 1) % H.epochs_per_eval == 0:
-                stats = evaluate(H, ema_vae, data_eval, preprocess_fn, d.device, d.rank,
-                                 d.world_size, autocast)
-                logprint(type='eval_loss', epoch=progress['epoch'] - 1, step=progress['step'], **stats)
-    rngs_now = gather_rng_states(d.world_size)
-    if d.is_main:
-        save_run(H, run_dir, 'latest', vae, ema_vae, optimizer, scheduler, scaler, progress, rngs_now)
-        logprint(f"finished at step {progress['step']}; checkpoints in {run_dir}")
+                stats = evaluate(H, st.ema_vae, run.data_eval, run.preprocess_fn, d.device, d.rank,
+                                 d.world_size, st.autocast)
+                run.logprint(type='eval_loss', epoch=progress['epoch'] - 1, step=progress['step'],
+                             **stats)
+    save_run(run, st, ['latest'])
+    run.logprint(f"finished at step {progress['step']}; checkpoints in {run.run_dir}")
     bar.close()
-    logprint.close()
-    return 0
+    run.logprint.close()
+
+
+def after_step(H, run, st, stats, window, steps_here, viz):
+    """The log record, the stall check, the sample grid and the checkpoints due after a step
+    (`steps_here`: steps since this process started)."""
+    d, step = run.dist, st.progress['step']
+    if step % H.iters_per_print == 0 or steps_here in EARLY_LOG_STEPS:
+        record = with_distortion_name(accumulate_stats(list(window)), st.vae.distortion_kind)
+        run.logprint(type='train_loss', lr=st.scheduler.get_last_lr()[0],
+                     epoch=st.progress['epoch'], step=step, **record)
+    if st.progress['consecutive_skips'] >= H.max_consecutive_skips:
+        raise TrainingStopped(
+            f"{st.progress['consecutive_skips']} updates in a row were skipped (last grad norm "
+            f"{stats['grad_norm']:.1f}, skip_threshold {H.skip_threshold}, NaN loss: "
+            f"{bool(stats['distortion_nans'] or stats['rate_nans'])}); the model no longer "
+            'changes. Raise --skip_threshold above the logged grad norms (or -1 to never '
+            'skip), lower --lr, or restart from an earlier iter-N checkpoint')
+    if d.is_main and (step % H.iters_per_images == 0 or (
+            steps_here in EARLY_LOG_STEPS and H.dataset != 'ffhq_1024')):
+        # on a fork of the RNG: pictures (also those after a restart) must not change training
+        with torch.random.fork_rng(devices=[d.device] if d.device.type == 'cuda' else []):
+            write_images(H, st.ema_vae, *viz, os.path.join(run.run_dir, f'samples-{step}.png'))
+    save_latest = step % H.iters_per_save == 0 and math.isfinite(training_loss(stats))
+    prefixes = ['latest'] * save_latest + [f'iter-{step}'] * (step % H.iters_per_ckpt == 0)
+    if prefixes:
+        save_run(run, st, prefixes)
 
 
 if __name__ == '__main__':

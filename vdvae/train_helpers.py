@@ -14,6 +14,8 @@ from contextlib import nullcontext
 
 import torch
 
+from .errors import ConfigError
+
 
 def warmup_factor(iterate, warmup_iters):
     """LR multiplier for step `iterate` (0-based): linear from 1/warmup_iters up to 1."""
@@ -25,7 +27,7 @@ def warmup_factor(iterate, warmup_iters):
 def build_optimizer(H, model):
     """AdamW with upstream's hyperparameters, and its warm-up scheduler."""
     if H.warmup_iters < 0:
-        raise ValueError(f'warmup_iters must be >= 0 (0: no warm-up), got {H.warmup_iters}')
+        raise ConfigError(f'warmup_iters must be >= 0 (0: no warm-up), got {H.warmup_iters}')
     # torch's fused AdamW: the same update rule as the foreach/for-loop versions, on CPU or CUDA
     # Only trainable parameters: frozen ones (a progressive stage 1) get no weight decay either.
     params = [p for p in model.parameters() if p.requires_grad]

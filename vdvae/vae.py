@@ -12,9 +12,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .block_strings import check_architecture
-from .hps import with_defaults
+from .contract import Model
+from .errors import ConfigError
+from .hps import with_geometry
 from .vae_helpers import (DmolNet, draw_gaussian_diag_samples, full_precision,
-                          gaussian_analytical_kl, get_1x1, get_3x3, pad_channels)
+                          gaussian_analytical_kl, get_1x1, get_3x3, pad_channels, rate_per_example)
 
 
 def memory_format_of(t):
@@ -58,7 +60,7 @@ class Encoder(nn.Module):
 
     def __init__(self, H):
         super().__init__()
-        self.H = H = with_defaults(H)
+        self.H = H = with_geometry(H)
         enc_layers, _, self.widths = check_architecture(H)
         self.in_conv = get_3x3(H.image_channels, H.width)
         self.enc_blocks = nn.ModuleList(
@@ -92,7 +94,7 @@ def _temperature(t, i):
         return None
     t = float(t)
     if not t >= 0:
-        raise ValueError(f'temperature must be a number >= 0, got {t}')
+        raise ConfigError(f'temperature must be a number >= 0, got {t}')
     return t
 
 
@@ -153,8 +155,9 @@ class DecBlock(nn.Module):
         xs = self._update(xs, x, z)
         return xs, (dict(kl=kl, z=z.detach()) if get_latents else dict(kl=kl))
 
-    def forward_uncond(self, xs, t=None, lvs=None, cond=None):
-        """Prior path: z ~ p(z | z_<) with std scaled by temperature t, or z = lvs if given."""
+    def forward_uncond(self, xs, t=None, lvs=None, cond=None, get_latents=False):
+        """Prior path: z ~ p(z | z_<) with std scaled by temperature t, or z = lvs if given.
+        Returns the updated states, and z with `get_latents`."""
         some = next(iter(xs.values()))
         width = self.resnet.c1.in_channels
         like = some.new_zeros((some.shape[0], width, self.base, self.base))
@@ -167,7 +170,8 @@ class DecBlock(nn.Module):
             if t is not None:
                 pv = pv + (math.log(t) if t > 0 else -math.inf)
             z = draw_gaussian_diag_samples(pm, pv)
-        return self._update(xs, x, z)
+        xs = self._update(xs, x, z)
+        return (xs, z) if get_latents else xs
 
 
 class Decoder(nn.Module):
@@ -177,7 +181,7 @@ class Decoder(nn.Module):
 
     def __init__(self, H):
         super().__init__()
-        self.H = H = with_defaults(H)
+        self.H = H = with_geometry(H)
         _, dec_layers, self.widths = check_architecture(H)
         self.dec_blocks = nn.ModuleList(
             self.block_class(H, res, mixin, len(dec_layers), self.widths)
@@ -226,35 +230,44 @@ class Decoder(nn.Module):
         """px_z with z_1..z_k fixed to `latents` (k = len(latents)) and the rest drawn from the
         prior at temperature t (None, a number, or one per block)."""
         if len(latents) > len(self.dec_blocks):
-            raise ValueError(f'{len(latents)} latents given, but the decoder has only '
-                             f'{len(self.dec_blocks)} blocks')
+            raise ConfigError(f'{len(latents)} latents given, but the decoder has only '
+                              f'{len(self.dec_blocks)} blocks')
         xs = self._empty_guard(self._initial_states(n), n)
         for i, block in enumerate(self.dec_blocks):
             lvs = latents[i] if i < len(latents) else None
             xs = block.forward_uncond(xs, _temperature(t, i), lvs=lvs, cond=cond)
         return self.final_fn(xs[self.H.image_size])
 
+    def prior_latents(self, n, k, latents=(), t=None):
+        """z_1..z_k of n prior samples: `latents` first, the rest drawn at temperature t."""
+        xs = self._empty_guard(self._initial_states(n), n)
+        zs = []
+        for i, block in enumerate(self.dec_blocks[:k]):
+            lvs = latents[i] if i < len(latents) else None
+            xs, z = block.forward_uncond(xs, _temperature(t, i), lvs=lvs, get_latents=True)
+            zs.append(z)
+        return zs
 
-class VAE(nn.Module):
+
+class VAE(Model):
     """The whole VDVAE. `forward` returns the negative ELBO and its terms in nats per dimension."""
+
+    distortion_kind = 'nll'
 
     def __init__(self, H):
         super().__init__()
-        self.H = H = with_defaults(H)
+        self.H = H = with_geometry(H)
         self.encoder = Encoder(H)
         self.decoder = Decoder(H)
 
     def forward(self, x, x_target):
         """x: NHWC input, x_target: NHWC loss targets in [-1, 1] ->
-        {'elbo', 'distortion', 'rate'}, batch means in nats/dim (elbo = distortion + rate)."""
+        {'elbo', 'distortion', 'rate'}, batch means in nats/dim (elbo = distortion + rate):
+        upstream's dict exactly, so `distortion` is the NLL (there is no `loss`: it is `elbo`)."""
         activations = self.encoder(x)
         px_z, stats = self.decoder(activations)
         distortion_per_pixel = self.decoder.out_net.nll(px_z, x_target)
-        rate_per_pixel = torch.zeros_like(distortion_per_pixel)
-        ndims = math.prod(x.shape[1:])
-        for block_stats in stats:
-            rate_per_pixel += block_stats['kl'].sum(dim=(1, 2, 3))
-        rate_per_pixel /= ndims
+        rate_per_pixel = rate_per_example(stats, math.prod(x.shape[1:]))
         elbo = (distortion_per_pixel + rate_per_pixel).mean()
         return dict(elbo=elbo, distortion=distortion_per_pixel.mean(), rate=rate_per_pixel.mean())
 
@@ -264,12 +277,13 @@ class VAE(nn.Module):
         _, stats = self.decoder(activations, get_latents=True)
         return stats
 
-    def forward_uncond_samples(self, n_batch, t=None):
-        """NumPy uint8 NHWC samples from the prior (t: None, a number, or one per block)."""
-        px_z = self.decoder.forward_uncond(n_batch, t=t)
-        return self.decoder.out_net.sample(px_z)
+    @torch.no_grad()
+    def sample(self, n, t=None, latents=()):
+        return self.decoder.out_net.sample(self.decoder.forward_manual_latents(n, list(latents), t=t))
 
-    def forward_samples_set_latents(self, n_batch, latents, t=None):
-        """NumPy uint8 NHWC samples with the first len(latents) latents fixed."""
-        px_z = self.decoder.forward_manual_latents(n_batch, latents, t=t)
-        return self.decoder.out_net.sample(px_z)
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """Decoded from all posterior latents by the head: a sample of the mixture of logistics
+        before rounding to 8 bits (a mean head: its mean)."""
+        px_z, _ = self.decoder(self.encoder(x))
+        return self.decoder.out_net.reconstruction(px_z)

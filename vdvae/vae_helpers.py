@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------
 # Convolutions
@@ -55,6 +56,17 @@ def gaussian_analytical_kl(mu1, mu2, logsigma1, logsigma2):
         logsigma2.exp() ** 2)
 
 
+def rate_per_block(block_stats, ndims):
+    """Each latent layer's KL for each example, per data dimension: (B, n_blocks), nats/dim."""
+    return torch.stack([s['kl'].sum(dim=(1, 2, 3)) for s in block_stats], dim=1) / ndims
+
+
+def rate_per_example(block_stats, ndims):
+    """The KL of all the latent layers in `block_stats` (per-block dicts with a 'kl' map
+    (B, zdim, r, r)) for each example, per data dimension: (B,), nats/dim."""
+    return sum(s['kl'].sum(dim=(1, 2, 3)) for s in block_stats) / ndims
+
+
 def draw_gaussian_diag_samples(mu, logsigma):
     # A fresh NCHW-contiguous eps (not empty_like, which copies mu's layout): normal_ fills memory
     # in order, so this keeps the seeded draws the same for a channels-last model.
@@ -76,8 +88,8 @@ def _per_colour(image_channels):
         return 3        # means, log-scales, coefficients
     if image_channels == 1:
         return 2        # means, log-scales
-    raise ValueError(f'the mixture-of-logistics head supports 1 or 3 image channels, not '
-                     f'{image_channels}')
+    raise ConfigError(f'the mixture-of-logistics head supports 1 or 3 image channels, not '
+                      f'{image_channels}')
 
 
 def _split_dmol_params(l, num_mixtures, image_channels):
@@ -190,6 +202,9 @@ class DmolNet(nn.Module):
 
     def sample(self, px_z):
         """A NumPy uint8 NHWC sample of p(x | px_z)."""
-        x = sample_from_discretized_mix_logistic(self.forward(px_z), self.H.num_mixtures,
-                                                 self.H.image_channels)
-        return to_uint8(x)
+        return to_uint8(self.reconstruction(px_z))
+
+    def reconstruction(self, px_z):
+        """A sample of p(x | px_z), NHWC on [-1, 1], before `to_uint8` (same draws as `sample`)."""
+        return sample_from_discretized_mix_logistic(self.forward(px_z), self.H.num_mixtures,
+                                                    self.H.image_channels)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from vdvae.checkpoint import load_file, restore_params
-from vdvae.data import set_up_data
+from vdvae.data import resolve_geometry, set_up_data
+from vdvae.errors import ConfigError, UserError
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams, setup_hparams
 from vdvae.models import build_model
@@ -50,9 +51,9 @@ def parse_seeds(text):
     try:
         seeds = [int(s) for s in str(text).split(',') if s.strip()]
     except ValueError:
-        raise ValueError(f'--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2') from None
+        raise ConfigError(f'--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2') from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f'--seeds {text!r}: give at least one seed, each once')
+        raise ConfigError(f'--seeds {text!r}: give at least one seed, each once')
     return seeds
 
 
@@ -73,7 +74,7 @@ def restore_vdvae(cfg, path):
     """(H of --hps with --train_flags, the VDVAE of that H with the weights of `path`: ours or
     upstream's official files). A file of another architecture fails here, with restore_params'
     message naming the preset it fits, before any stage runs."""
-    H = setup_hparams(['--hps', cfg.hps, *shlex.split(cfg.train_flags)])
+    H = resolve_geometry(setup_hparams(['--hps', cfg.hps, *shlex.split(cfg.train_flags)]))
     return H, restore_params(VAE(H), path)
 
 
@@ -108,8 +109,8 @@ def evaluate_run(cfg, folder, device, prefix='latest'):
     if os.path.exists(cache):
         with open(cache) as f:
             stats = json.load(f)
-        if stats.get('step') == step:
-            return stats
+        if stats.get('step') == step and ('mse' in stats or 'nll' in stats):
+            return stats                # (older caches lack the distortion's own name)
     H, model, data, prep = load_run(folder, device, prefix=prefix)
     torch.manual_seed(0)
     stats = evaluate(H, model, subset(data, cfg.n_eval), prep, device)
@@ -125,12 +126,6 @@ def evaluate_last_fifth(cfg, folder, device):
     steps = run_steps(folder)
     return (evaluate_run(cfg, folder, device, f'iter-{last_fifth_step(steps)}'),
             evaluate_run(cfg, folder, device))
-
-
-def reconstructions(model, x_in):
-    """Mean-head reconstructions (NHWC, [-1, 1]) of a stage-1, masked or probe model."""
-    with torch.no_grad():
-        return model.reconstruct(x_in)
 
 
 def eval_images(folder, device, n):
@@ -201,21 +196,20 @@ def parse(argv, description, add_arguments=None):
     cfg = parser.parse_args(argv)
     cfg.seeds = parse_seeds(cfg.seeds)
     if cfg.steps < 5:
-        raise ValueError(f'--steps {cfg.steps}: at least 5 (the convergence checks compare the '
-                         'last fifth of each run)')
+        raise ConfigError(f'--steps {cfg.steps}: at least 5 (the convergence checks compare the '
+                          'last fifth of each run)')
     if cfg.jobs < 1:
-        raise ValueError(f'--jobs {cfg.jobs}: at least 1')
+        raise ConfigError(f'--jobs {cfg.jobs}: at least 1')
     os.makedirs(cfg.out, exist_ok=True)
     return cfg
 
 
 def run_main(fn, argv):
     """Run an experiment's `fn(argv)` with one clear error message on failure."""
-    from ..metrics import MissingWeightsError
     try:
         fn(argv)
         return 0
-    except (ExperimentError, MissingWeightsError, ValueError, OSError) as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
 

@@ -20,6 +20,8 @@ import argparse
 import os
 import time
 
+from vdvae.errors import ConfigError
+
 from . import convergence as cv
 from . import lpips_vs_mse, rd_curve, table1, table2
 from .common import machine, mean_std, parse_seeds, run_main, say
@@ -69,7 +71,7 @@ def run(argv):
                         help='models trained at once (default: one per core, at most 8)')
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
-        raise ValueError(f'--jobs {args.jobs}: at least 1')
+        raise ConfigError(f'--jobs {args.jobs}: at least 1')
     scale = 'full' if args.full else 'quick' if args.quick else 'default'
     cfg = config(args.out, scale, args.jobs)
     os.makedirs(cfg.out, exist_ok=True)

@@ -6,6 +6,7 @@ import functools
 import numpy as np
 import torch
 
+from vdvae.errors import ConfigError
 from vdvae.images import tile_images, write_image
 from vdvae.vae_helpers import to_uint8
 
@@ -55,7 +56,7 @@ def log_axis(ax, axis='x', values=None):
     ticks at 1, 2, 5 x 10^k instead). Tick labels that would overlap are rotated by `plot`."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
     if axis not in ('x', 'y'):
-        raise ValueError(f"log_axis: axis must be 'x' or 'y', got {axis!r}")
+        raise ConfigError(f"log_axis: axis must be 'x' or 'y', got {axis!r}")
     (ax.set_xscale if axis == 'x' else ax.set_yscale)('log')
     target = ax.xaxis if axis == 'x' else ax.yaxis
     fallback = LogLocator(base=10, subs=(1.0, 2.0, 5.0))

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from ..mean_head import mse_per_example
 from ..metrics import perceptual_distance
 from . import convergence as cv
 from .common import (as_uint8, default_device, eval_images, evaluate_run, load_run, metrics_cache,
-                     parse, plot, reconstructions, run_main, say, write_results)
+                     parse, plot, run_main, say, write_results)
 from .figures import log_axis
 from .rd_curve import add_arguments as add_rd_arguments
 from .rd_curve import stage1_runs
@@ -39,11 +40,11 @@ def report(cfg):
         if images is None:
             images, x_in, x_target = eval_images(run_dir, device, cfg.n_images)
         checks.append(cv.reaches_target(os.path.basename(run_dir), 'D',
-                                        evaluate_run(cfg, run_dir, device)['distortion'], t))
+                                        evaluate_run(cfg, run_dir, device)['mse'], t))
         H, model, _, _ = load_run(run_dir, device)
         torch.manual_seed(0)
-        recon = reconstructions(model, x_in)
-        mse = ((recon.float() - x_target) ** 2).flatten(1).mean(1).cpu().numpy()
+        recon = model.reconstruct(x_in)
+        mse = mse_per_example(recon, x_target).cpu().numpy()
         name, dist = perceptual_distance(as_uint8(recon), images, H.dataset,
                                          lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
                                          allow_standin=cfg.allow_standin, device=device,

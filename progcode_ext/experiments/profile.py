@@ -51,7 +51,7 @@ def run(cfg):
     for res, k, rate in profile:
         row = dict(res=res, k=k, rate=rate, distortion=None, table1=k == K)
         if res in probes:
-            row['distortion'] = evaluate_run(cfg, run_dir(cfg, probes[res].name), device)['distortion']
+            row['distortion'] = evaluate_run(cfg, run_dir(cfg, probes[res].name), device)['mse']
         rows.append(row)
         say(f"profile: res <= {res}: k = {k}, R_k {rate:.5f} nats/dim"
             + (f", D_k {row['distortion']:.5f}" if row['distortion'] is not None else '')

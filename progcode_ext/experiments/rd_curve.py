@@ -9,9 +9,11 @@ import os
 
 import torch
 
+from vdvae.errors import ConfigError
+
 from . import convergence as cv
-from .common import (as_uint8, default_device, eval_images, evaluate_run, grid,
-                     load_run, parse, plot, reconstructions, run_main, seeded, write_results)
+from .common import (as_uint8, default_device, eval_images, evaluate_run, grid, load_run, parse,
+                     plot, run_main, seeded, write_results)
 from .figures import log_axis
 from .stages import Stage, run_dir, run_stages
 
@@ -27,9 +29,9 @@ def parse_targets(text):
     try:
         targets = sorted({float(t) for t in str(text).split(',')}, reverse=True)
     except ValueError:
-        raise ValueError(f'--targets {text!r}: expected comma-separated numbers') from None
+        raise ConfigError(f'--targets {text!r}: expected comma-separated numbers') from None
     if any(not t > 0 for t in targets):
-        raise ValueError(f'--targets {text!r}: every distortion target must be > 0')
+        raise ConfigError(f'--targets {text!r}: every distortion target must be > 0')
     return targets
 
 
@@ -59,9 +61,9 @@ def report(cfg):
     for t, folder in runs.items():
         stats = evaluate_run(cfg, folder, device)
         _, model, _, _ = load_run(folder, device)
-        check = cv.reaches_target(os.path.basename(folder), 'D', stats['distortion'], t)
+        check = cv.reaches_target(os.path.basename(folder), 'D', stats['mse'], t)
         checks.append(check)
-        rows.append(dict(target=t, rate=stats['rate'], distortion=stats['distortion'],
+        rows.append(dict(target=t, rate=stats['rate'], distortion=stats['mse'],
                          psnr=stats.get('psnr'), eta=float(model.objective.multiplier.eta),
                          steps=stats['step'], reached=check.passed))
     folder = os.path.join(cfg.out, 'rd_curve')
@@ -71,7 +73,7 @@ def report(cfg):
     for t, run in runs.items():
         _, model, _, _ = load_run(run, device)
         torch.manual_seed(0)
-        recon_rows.append(as_uint8(reconstructions(model, x_in)))
+        recon_rows.append(as_uint8(model.reconstruct(x_in)))
     grid(recon_rows, os.path.join(folder, 'reconstructions.png'))
 
     def draw(ax):

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 from vdvae.checkpoint import load_file
+from vdvae.errors import UserError
 from vdvae.hps import add_vae_arguments, parse_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,7 +33,7 @@ RUN_CONTROL = {'save_dir', 'desc', 'num_iters', 'num_epochs', 'resume', 'overwri
                'device', 'compile', 'port', 'iters_per_ckpt'}
 
 
-class ExperimentError(RuntimeError):
+class ExperimentError(UserError, RuntimeError):
     pass
 
 

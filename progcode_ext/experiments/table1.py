@@ -26,7 +26,7 @@ from vdvae.data import set_up_data
 from ..metrics.rd_profile import rate_per_group, rate_profile
 from . import convergence as cv
 from .common import (as_uint8, check_table, default_device, eval_images, evaluate_last_fifth,
-                     evaluate_run, grid, load_run, mean_std, parse, plot, reconstructions,
+                     evaluate_run, grid, load_run, mean_std, parse, plot,
                      restore_vdvae, run_dir, run_main, say, seeded, subset, summary, write_results)
 from .stages import Stage, run_stages
 
@@ -76,8 +76,8 @@ def seed_row(cfg, device, seed):
     g = evaluate_run(cfg, gamma, device)
     _, gamma_model, _, _ = load_run(gamma, device)
     target = float(gamma_model.objective.multiplier.target)
-    row = dict(seed=seed, K=gamma_model.k, R_K=p['rate'], D_K=p['distortion'],
-               R_K_gamma_optimal=g['rate'], lambda_star_upper_bound=g['distortion'], gamma=target,
+    row = dict(seed=seed, K=gamma_model.k, R_K=p['rate'], D_K=p['mse'],
+               R_K_gamma_optimal=g['rate'], lambda_star_upper_bound=g['mse'], gamma=target,
                eta_final=float(gamma_model.objective.multiplier.eta),
                checkpoint=vdvae_checkpoint(cfg, seed))
     row['held'] = row['lambda_star_upper_bound'] < row['D_K']
@@ -87,7 +87,7 @@ def seed_row(cfg, device, seed):
         checks.append(cv.settled(seeded('vdvae', seed), '-ELBO', before and before['elbo'],
                                  after['elbo'], after['step']))
     checks.append(cv.settled(seeded('table1-probe', seed), 'D_K',
-                             probe_before and probe_before['distortion'], p['distortion'],
+                             probe_before and probe_before['mse'], p['mse'],
                              p['step']))
     checks.append(cv.reaches_target(seeded('table1-gamma', seed), "R'_K", g['rate'], target))
     return row, checks
@@ -126,7 +126,7 @@ def draw_figures(cfg, device, result, folder):
     for folder_ in (probe, gamma):
         _, model, _, _ = load_run(folder_, device)
         torch.manual_seed(0)
-        rows.append(as_uint8(reconstructions(model, x_in)))
+        rows.append(as_uint8(model.reconstruct(x_in)))
     grid(rows, os.path.join(folder, 'reconstructions.png'))
     s = result['summary']
 

@@ -78,7 +78,7 @@ def draw_samples(model, n, batch, t=1.0):
     """(x_hat, samples), uint8 NHWC, from the two-stage model's prior at temperature t."""
     hats, xs = [], []
     for start in range(0, n, batch):
-        x_hat, x = model.sample(min(batch, n - start), t1=t, t2=t)
+        x_hat, x = model.sample_stages(min(batch, n - start), t1=t, t2=t)
         hats.append(x_hat)
         xs.append(x)
     return np.concatenate(hats), np.concatenate(xs)
@@ -97,7 +97,7 @@ def evaluate_seed(cfg, device, seed, folder):
     target = distortion_target(cfg)
     stage1 = stage1_stage(cfg, target, seed).name
     stage1_stats = evaluate_run(cfg, run_dir(cfg, stage1), device)
-    checks = [cv.reaches_target(stage1, 'D', stage1_stats['distortion'], target)]
+    checks = [cv.reaches_target(stage1, 'D', stage1_stats['mse'], target)]
     row = {}
     for name, run in run_names(seed).items():
         before, stats = evaluate_last_fifth(cfg, run_dir(cfg, run), device)

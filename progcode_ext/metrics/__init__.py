@@ -29,9 +29,11 @@ from collections import namedtuple
 
 import numpy as np
 
+from vdvae.errors import ConfigError
+
 from ._common import MissingWeightsError, atomic_savez, default_cache_dir, sha256_prefix
-from .frechet import RunningGaussianStats, frechet_distance, frechet_distance_from_features, \
-    gaussian_stats
+from .frechet import (RunningGaussianStats, frechet_distance, frechet_distance_from_features,
+                      gaussian_stats)
 from .rd_profile import rate_per_group, rate_profile, rd_profile
 
 __all__ = ['MissingWeightsError', 'MetricChoice', 'sample_quality', 'perceptual_distance',
@@ -78,7 +80,7 @@ def _log_choice(choice, logprint):
 
 def _check_metric(metric):
     if metric not in ('auto', 'real', 'standin'):
-        raise ValueError(f"metric must be 'auto', 'real' or 'standin', got {metric!r}")
+        raise ConfigError(f"metric must be 'auto', 'real' or 'standin', got {metric!r}")
 
 
 def _standin(dataset, cache_dir, data_root, device, logprint, standin_kwargs):
@@ -101,8 +103,12 @@ def choose_sample_metric(dataset, fid_weights=None, allow_standin=False, metric=
     """(MetricChoice, feature_fn images -> (N, D) float64, fingerprint str) for sample quality."""
     _check_metric(metric)
     if metric != 'standin':
-        from .inception import FID_WEIGHTS_FILE, FID_WEIGHTS_SHA256_PREFIX, inception_features, \
-            load_inception
+        from .inception import (
+            FID_WEIGHTS_FILE,
+            FID_WEIGHTS_SHA256_PREFIX,
+            inception_features,
+            load_inception,
+        )
         try:
             model = load_inception(fid_weights, device)
         except MissingWeightsError as e:
@@ -174,7 +180,7 @@ def _chunks(images, n=None, chunk=1000):
         while have < n:
             batch = np.asarray(images(min(chunk, n - have)))     # uint8: checked later
             if not len(batch):
-                raise ValueError('the sampler returned no images')
+                raise ConfigError('the sampler returned no images')
             batch = batch[:n - have]
             have += len(batch)
             yield batch

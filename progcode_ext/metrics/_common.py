@@ -6,8 +6,10 @@ import os
 import numpy as np
 import torch
 
+from vdvae.errors import ConfigError, UserError
 
-class MissingWeightsError(RuntimeError):
+
+class MissingWeightsError(UserError, RuntimeError):
     """A metric's network weights (or the package that defines the network) are not available.
     The message names the file, where to get it and the flag that takes a local copy."""
 
@@ -42,7 +44,7 @@ def load_state_dict_file(path, what, how_to_get, flag):
         raise MissingWeightsError(f'{what} weights file {path} cannot be read as a PyTorch state '
                                   f'dict ({type(e).__name__}: {str(e).splitlines()[0][:200]}). '
                                   f'{how_to_get}; pass the local copy with {flag} PATH',
-                                  path=path) from None
+                                  path=path) from e
     if not isinstance(state, dict):
         raise MissingWeightsError(f'{what} weights file {path} holds a {type(state).__name__}, not '
                                   f'a state dict. {how_to_get}; pass it with {flag} PATH',
@@ -72,7 +74,7 @@ def to_nchw_unit(batch, device, channels=None):
     x = batch.to(device).permute(0, 3, 1, 2).float().div_(255.)
     if channels is not None and x.shape[1] != channels:
         if x.shape[1] != 1:
-            raise ValueError(f'cannot turn {x.shape[1]}-channel images into {channels} channels')
+            raise ConfigError(f'cannot turn {x.shape[1]}-channel images into {channels} channels')
         x = x.repeat(1, channels, 1, 1)
     return x
 

@@ -12,16 +12,18 @@ import warnings
 import numpy as np
 from scipy import linalg
 
+from vdvae.errors import ConfigError
+
 
 def gaussian_stats(features):
     """(mu (D,), sigma (D, D)) of features (N, D), float64; N >= 2."""
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f'features must be an (N, D) array, got shape {x.shape}')
+        raise ConfigError(f'features must be an (N, D) array, got shape {x.shape}')
     if x.shape[0] < 2:
-        raise ValueError(f'need at least 2 feature vectors for a covariance, got {x.shape[0]}')
+        raise ConfigError(f'need at least 2 feature vectors for a covariance, got {x.shape[0]}')
     if not np.all(np.isfinite(x)):
-        raise ValueError('features contain NaN or inf')
+        raise ConfigError('features contain NaN or inf')
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
 
 
@@ -37,9 +39,9 @@ class RunningGaussianStats:
     def update(self, features):
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2:
-            raise ValueError(f'features must be an (N, D) array, got shape {x.shape}')
+            raise ConfigError(f'features must be an (N, D) array, got shape {x.shape}')
         if not np.all(np.isfinite(x)):
-            raise ValueError('features contain NaN or inf')
+            raise ConfigError('features contain NaN or inf')
         if not len(x):
             return self
         if self.shift is None:
@@ -55,7 +57,7 @@ class RunningGaussianStats:
     def stats(self):
         """(mu, sigma) with the unbiased N - 1 normalisation; N >= 2."""
         if self.n < 2:
-            raise ValueError(f'need at least 2 feature vectors for a covariance, got {self.n}')
+            raise ConfigError(f'need at least 2 feature vectors for a covariance, got {self.n}')
         mean = self.total / self.n
         sigma = (self.outer - self.n * np.outer(mean, mean)) / (self.n - 1)
         return self.shift + mean, (sigma + sigma.T) / 2
@@ -68,8 +70,8 @@ def _check_stats(mu1, sigma1, mu2, sigma2):
     sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f'statistics of different dimensions: mu {mu1.shape} / {mu2.shape}, '
-                         f'sigma {sigma1.shape} / {sigma2.shape}')
+        raise ConfigError(f'statistics of different dimensions: mu {mu1.shape} / {mu2.shape}, '
+                          f'sigma {sigma1.shape} / {sigma2.shape}')
     return mu1, sigma1, mu2, sigma2
 
 
@@ -95,9 +97,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, imag_tol=1e-3):
         scale = max(1.0, float(np.max(np.abs(np.real(np.diag(covmean))))))
         worst = float(np.max(np.abs(np.imag(np.diag(covmean)))))
         if worst > imag_tol * scale:
-            raise ValueError(f'Frechet distance: the matrix square root has an imaginary part of '
-                             f'{worst:.3g} on its diagonal; the covariances are not valid '
-                             f'(not positive semi-definite?)')
+            raise ConfigError(f'Frechet distance: the matrix square root has an imaginary part of '
+                              f'{worst:.3g} on its diagonal; the covariances are not valid '
+                              f'(not positive semi-definite?)')
         covmean = np.real(covmean)
     value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
     return value

@@ -41,7 +41,7 @@ def _import_pytorch_fid():
         from pytorch_fid import inception as module
     except Exception as e:          # ImportError, or torchvision failing to load beside this torch
         raise package_missing_error('FID', 'pytorch-fid', e, FID_WEIGHTS_FILE, FID_WEIGHTS_URL,
-                                    '--fid_weights') from None
+                                    '--fid_weights') from e
     return module
 
 
@@ -76,7 +76,7 @@ def load_inception(weights=None, device='cpu'):
                 f'cannot get the FID Inception weights {FID_WEIGHTS_FILE} by pytorch-fid\'s '
                 f'standard download from {url} ({type(e).__name__}: {str(e)[:200]}). Download it '
                 f'on a connected machine and pass it with --fid_weights PATH (or copy it into '
-                f'{os.path.join(torch.hub.get_dir(), "checkpoints")})', url=url) from None
+                f'{os.path.join(torch.hub.get_dir(), "checkpoints")})', url=url) from e
 
     original = module.load_state_dict_from_url
     module.load_state_dict_from_url = load_local if state is not None else download
@@ -89,7 +89,7 @@ def load_inception(weights=None, device='cpu'):
         raise MissingWeightsError(
             f'{weights or FID_WEIGHTS_FILE} does not fit pytorch-fid\'s Inception network '
             f'({str(e).splitlines()[0][:200]}). {how_to_get_fid_weights()}; pass the right file '
-            f'with --fid_weights PATH', path=weights, url=FID_WEIGHTS_URL) from None
+            f'with --fid_weights PATH', path=weights, url=FID_WEIGHTS_URL) from e
     finally:
         module.load_state_dict_from_url = original
     model = model.eval().to(device)

@@ -16,8 +16,10 @@ import os
 import numpy as np
 import torch
 
-from ._common import (MissingWeightsError, package_missing_error, image_batches, load_state_dict_file,
-                      sha256_prefix, to_nchw_unit)
+from vdvae.errors import ConfigError
+
+from ._common import (MissingWeightsError, image_batches, load_state_dict_file,
+                      package_missing_error, sha256_prefix, to_nchw_unit)
 
 # torchvision's ImageNet weights of the trunks LPIPS uses (IMAGENET1K_V1)
 LPIPS_BACKBONES = {
@@ -31,7 +33,7 @@ _MODELS = {}
 
 def _check_net(net):
     if net not in LPIPS_BACKBONES:
-        raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
+        raise ConfigError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
     return LPIPS_BACKBONES[net]
 
 
@@ -47,7 +49,7 @@ def _import_lpips(net):
         import lpips
     except Exception as e:          # ImportError, or torchvision failing to load beside this torch
         raise package_missing_error('LPIPS', 'lpips', e, f'{name} ({net} trunk)', url,
-                                    '--lpips_weights') from None
+                                    '--lpips_weights') from e
     return lpips
 
 
@@ -66,7 +68,7 @@ def _load_trunk(trunk, state, path):
         raise MissingWeightsError(f'{path} does not fit the LPIPS trunk '
                                   f'({str(e).splitlines()[0][:200]}); pass torchvision\'s '
                                   f'ImageNet weights with --lpips_weights PATH',
-                                  path=path) from None
+                                  path=path) from e
 
 
 def load_lpips(net='alex', backbone_weights=None, linear_weights=None, device='cpu'):
@@ -102,13 +104,13 @@ def load_lpips(net='alex', backbone_weights=None, linear_weights=None, device='c
         raise MissingWeightsError(
             f'LPIPS linear-layer weights file not found: {e.filename}; the v0.1 files ship inside '
             f'the lpips package (reinstall it: pip install --force-reinstall lpips) or pass one '
-            f'with --lpips_linear_weights PATH', path=e.filename) from None
+            f'with --lpips_linear_weights PATH', path=e.filename) from e
     except Exception as e:
         raise MissingWeightsError(
             f'cannot build LPIPS ({net}): {type(e).__name__}: {str(e)[:200]}. The trunk weights '
             f'{name} come from torchvision\'s standard download ({url}), which failed or is not '
             f'cached; download it on a connected machine and pass it with --lpips_weights PATH',
-            path=backbone_weights, url=url) from None
+            path=backbone_weights, url=url) from e
     if state is not None:
         _load_trunk(model.net, state, backbone_weights)
     model = model.eval().to(device)
@@ -126,14 +128,14 @@ def lpips_distance(x, y, model=None, net='alex', backbone_weights=None, device='
     """(N,) float64 LPIPS distances between x[i] and y[i] (uint8 NHWC arrays, tensors or datasets
     of the same length and shape)."""
     if len(x) != len(y):
-        raise ValueError(f'LPIPS compares pairs: {len(x)} and {len(y)} images')
+        raise ConfigError(f'LPIPS compares pairs: {len(x)} and {len(y)} images')
     model = model if model is not None else load_lpips(net, backbone_weights, device=device)
     device = next(model.parameters()).device
     out = []
     for a, b in zip(image_batches(x, batch_size), image_batches(y, batch_size)):
         if a.shape != b.shape:
-            raise ValueError(f'LPIPS compares images of one shape: {tuple(a.shape)} and '
-                             f'{tuple(b.shape)}')
+            raise ConfigError(f'LPIPS compares images of one shape: {tuple(a.shape)} and '
+                              f'{tuple(b.shape)}')
         d = model(_to_lpips_input(a, device), _to_lpips_input(b, device))
         out.append(d.reshape(d.shape[0]).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)

@@ -23,17 +23,15 @@ import math
 import numpy as np
 import torch
 
+from vdvae.errors import ConfigError
 from vdvae.evaluation import load_batch, split_batches
+from vdvae.vae_helpers import rate_per_block
 
 
 def default_block_stats(model, x_in):
-    """Per-block stats (dicts with a 'kl' map (B, zdim, r, r)) of one posterior pass."""
-    if hasattr(model, 'forward_get_latents'):
-        return model.forward_get_latents(x_in)
-    if hasattr(model, 'encoder') and hasattr(model, 'decoder'):
-        return model.decoder(model.encoder(x_in))[1]
-    raise TypeError(f'{type(model).__name__} has neither forward_get_latents nor encoder/decoder: '
-                    f'pass block_stats_fn(model, x_in) -> [{{"kl": (B, zdim, r, r)}}, ...]')
+    """Per-block stats (dicts with a 'kl' map (B, zdim, r, r)) of one posterior pass: the
+    latents a `vdvae.contract.Model` exposes."""
+    return model.forward_get_latents(x_in)
 
 
 @torch.no_grad()
@@ -51,18 +49,18 @@ def rate_per_group(model, data, preprocess_fn, device, n_batch=32, block_stats_f
             x_in, _ = preprocess_fn(load_batch(data, indices), device)
             stats = block_stats_fn(model, x_in)
             ndims = math.prod(x_in.shape[1:])
-            kl = torch.stack([s['kl'].double().sum(dim=(1, 2, 3)) for s in stats], dim=1) / ndims
+            kl = rate_per_block(stats, ndims).double()
             res = [int(s['kl'].shape[-1]) for s in stats]
             if sums is None:
                 sums, block_res = np.zeros(len(stats)), res
             elif res != block_res:
-                raise ValueError('the model returned a different block layout for another batch')
+                raise ConfigError('the model returned a different block layout for another batch')
             sums += kl.sum(dim=0).cpu().numpy()
             count += x_in.shape[0]
     finally:
         model.train(was_training)
     if not count:
-        raise ValueError('rate_per_group needs at least one example')
+        raise ConfigError('rate_per_group needs at least one example')
     per_block = (sums / count).tolist()
     per_res = {}
     for r, v in zip(block_res, per_block):
@@ -83,8 +81,8 @@ def rate_profile(rates):
     for res in sorted(set(block_res)):
         k = sum(r <= res for r in block_res)
         if any(r > res for r in block_res[:k]):
-            raise ValueError(f'the blocks at resolution <= {res} are not the first {k} decoder '
-                             f'blocks ({block_res}); z_1..z_k would not be a prefix')
+            raise ConfigError(f'the blocks at resolution <= {res} are not the first {k} decoder '
+                              f'blocks ({block_res}); z_1..z_k would not be a prefix')
         out.append((res, k, float(sum(rates['per_block'][:k]))))
     return out
 

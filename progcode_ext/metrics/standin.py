@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vdvae.errors import ConfigError
+
 from ._common import default_cache_dir, image_batches
 
 VERSION = 1
@@ -190,8 +192,8 @@ def load_standin(dataset, cache_dir=None, data_root='./', device='cpu', train_if
         blob = torch.load(path, map_location='cpu', weights_only=True)
         info = blob['info']
         if info.get('dataset') != dataset or info.get('version') != VERSION:
-            raise ValueError(f'{path} holds the stand-in of {info.get("dataset")} v'
-                             f'{info.get("version")}, not {dataset} v{VERSION}: delete it')
+            raise ConfigError(f'{path} holds the stand-in of {info.get("dataset")} v'
+                              f'{info.get("version")}, not {dataset} v{VERSION}: delete it')
         model = StandinNet(info['channels'], info['n_classes'])
         model.load_state_dict(blob['state_dict'])
         model.to(device).eval()
@@ -233,12 +235,12 @@ def standin_perceptual_distance(model, x, y, batch_size=256):
     squared difference summed over channels and averaged over space; stages summed (equal,
     unlearned weights)."""
     if len(x) != len(y):
-        raise ValueError(f'the perceptual distance compares pairs: {len(x)} and {len(y)} images')
+        raise ConfigError(f'the perceptual distance compares pairs: {len(x)} and {len(y)} images')
     device = _device_of(model)
     out = []
     for a, b in zip(image_batches(x, batch_size), image_batches(y, batch_size)):
         if a.shape != b.shape:
-            raise ValueError(f'images of different shapes: {tuple(a.shape)} and {tuple(b.shape)}')
+            raise ConfigError(f'images of different shapes: {tuple(a.shape)} and {tuple(b.shape)}')
         taps_a, _ = model.taps_and_features(model.prepare(a, device))
         taps_b, _ = model.taps_and_features(model.prepare(b, device))
         d = sum((_unit(ta) - _unit(tb)).pow(2).sum(dim=1).mean(dim=(1, 2))

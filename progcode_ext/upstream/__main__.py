@@ -9,7 +9,7 @@ Every flag but --vdvae_root goes to upstream's parser (upstream's flags plus pro
 import os
 import sys
 
-from vdvae.checkpoint import CheckpointError
+from vdvae.errors import UserError
 
 from .checkout import CheckoutError
 from .plugin import install
@@ -37,7 +37,7 @@ def main(argv=None):
             raise CheckoutError('train.py is already running as the main program: run it directly')
         sys.argv = [os.path.join(os.path.dirname(modules['train'].__file__), 'train.py'), *rest]
         modules['train'].main()
-    except (CheckoutError, CheckpointError, ValueError, OSError) as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

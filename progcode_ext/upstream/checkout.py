@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from vdvae.errors import UserError
+
 REQUIRED = {
     'hps.py': ('HPARAMS_REGISTRY', 'add_vae_arguments'),
     'vae.py': ('VAE',),
@@ -23,7 +25,7 @@ CLONE_HINT = ('point --vdvae_root (or VDVAE_ROOT) at the folder holding upstream
               'e.g. a `git clone https://github.com/openai/vdvae`')
 
 
-class CheckoutError(ValueError):
+class CheckoutError(UserError, ValueError):
     """Not a checkout progcode can hook into; the message says what is missing and the fix."""
 
 
@@ -58,7 +60,7 @@ def recognise(root):
         try:
             defined = top_level_names(path)
         except (SyntaxError, UnicodeDecodeError) as e:
-            raise CheckoutError(f'{path} cannot be parsed ({e}); restore it with git checkout') from None
+            raise CheckoutError(f'{path} cannot be parsed ({e}); restore it with git checkout') from e
         missing = [s for s in symbols if s not in defined]
         if missing:
             raise CheckoutError(f'{root} is not an openai/vdvae checkout progcode recognises: '
@@ -82,7 +84,7 @@ def import_modules(root):
         except ImportError as e:
             raise CheckoutError(f'the checkout\'s {name}.py cannot be imported ({e}); install what '
                                 'it names into this Python (upstream also needs scikit-learn and '
-                                'torchvision: pip install scikit-learn torchvision)') from None
+                                'torchvision: pip install scikit-learn torchvision)') from e
         where = os.path.abspath(getattr(module, '__file__', '') or '')
         if os.path.dirname(where) != root:
             raise CheckoutError(f'a module named {name!r} from {where or "elsewhere"} is already '

@@ -20,8 +20,9 @@ import os
 import sys
 
 from vdvae.checkpoint import atomic_write
+from vdvae.errors import UserError
 
-from .checkout import CheckoutError, recognise
+from .checkout import recognise
 
 BEGIN = '# >>> progcode hook: added by progcode\'s patches/upstream_hook.py; undo with its `revert`'
 END = '# <<< progcode hook'
@@ -31,7 +32,7 @@ HOOK = [BEGIN,
         END]
 
 
-class PatchError(ValueError):
+class PatchError(UserError, ValueError):
     """The file cannot be patched or unpatched safely; the message says why and what to do."""
 
 
@@ -77,9 +78,16 @@ def patch(root, action, dry_run=False, out=None):
     out = out or sys.stdout
     root = recognise(root)
     path = os.path.join(root, 'train.py')
-    with open(path, encoding='utf-8', newline='') as f:
-        lines = f.read().splitlines(keepends=True)
-    new = patched_lines(lines, path, action)
+    try:
+        with open(path, encoding='utf-8', newline='') as f:
+            lines = f.read().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as e:
+        raise PatchError(f'cannot read {path} ({e}); restore it with `git checkout train.py`') from e
+    try:
+        new = patched_lines(lines, path, action)
+    except SyntaxError as e:
+        raise PatchError(f'{path} cannot be parsed ({e}); restore it with `git checkout '
+                         'train.py`') from e
     if new is None:
         state = 'applied' if action == 'apply' else 'not applied'
         print(f'{path}: the progcode hook is already {state}; nothing to do', file=out)
@@ -90,8 +98,11 @@ def patch(root, action, dry_run=False, out=None):
         print(f'(dry run: {path} not changed)', file=out)
         return diff
     mode = os.stat(path).st_mode
-    atomic_write(path, lambda f: f.write(''.join(new).encode('utf-8')))
-    os.chmod(path, mode)
+    try:
+        atomic_write(path, lambda f: f.write(''.join(new).encode('utf-8')))
+        os.chmod(path, mode)
+    except OSError as e:
+        raise PatchError(f'cannot write {path} ({e.strerror}); fix its permissions') from e
     done = ('applied: `python train.py --hps svhn_stage1 ...` in the checkout now runs with '
             'progcode (it must be installed in that Python)') if action == 'apply' else 'reverted'
     print(f'{path}: {done}', file=out)
@@ -107,7 +118,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         patch(args.vdvae_root, args.action, args.dry_run)
-    except (CheckoutError, PatchError, SyntaxError, OSError) as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -27,13 +27,14 @@ import torch
 from progcode_ext.register import add_progcode_arguments  # (importing it registers the models)
 from vdvae import data as core_data
 from vdvae.checkpoint import recover_checkpoint_set, save_checkpoint_set
-from vdvae.hps import HPARAMS_REGISTRY, load_plugins, unknown_name_message
+from vdvae.errors import ConfigError
+from vdvae.hps import HPARAMS_REGISTRY, unknown_name_message
 from vdvae.models import MODELS
 from vdvae.train_helpers import update_ema as update_trainable_ema
 
 from . import substitutes
 from .checkout import import_modules, recognise
-from .interface import vae_factory
+from .interface import UpstreamInterface, vae_factory
 
 UPSTREAM_DATASETS = ('cifar10', 'imagenet32', 'imagenet64', 'ffhq_256', 'ffhq_1024')
 _INSTALLED = {}
@@ -58,7 +59,6 @@ def _install(root):
     done = substitutes.install_substitutes()
     modules = import_modules(root)
     hps, helpers = modules['hps'], modules['train_helpers']
-    load_plugins()
     for name, preset in HPARAMS_REGISTRY.items():     # the checkout's own presets win
         hps.HPARAMS_REGISTRY.setdefault(name, getattr(hps, 'Hyperparams', dict)(preset))
     replacements = [
@@ -161,9 +161,9 @@ def with_progcode_datasets(set_up_data):
             return set_up_data(H)
         H, train, valid, preprocess = core_data.set_up_data(H)
         if H.image_channels != 3:
-            raise ValueError(f'{H.dataset} has {H.image_channels}-channel images, but upstream\'s '
-                             'loop handles RGB only (its sample grid and mixture of logistics); '
-                             'train it with progcode\'s train.py')
+            raise ConfigError(f'{H.dataset} has {H.image_channels}-channel images, but upstream\'s '
+                              'loop handles RGB only (its sample grid and mixture of logistics); '
+                              'train it with progcode\'s train.py')
         device = torch.device('cuda', H.local_rank or 0) if torch.cuda.is_available() else None
         return H, UpstreamItems(train), UpstreamItems(valid), lambda x: preprocess(x, device)
     return set_up_data_
@@ -175,8 +175,8 @@ def with_progcode_datasets(set_up_data):
 def update_ema(vae, ema_vae, ema_rate):
     """After an applied update: the model's multiplier step, then the EMA of trainable
     parameters (frozen ones are left exactly as they are) and a copy of the buffers."""
-    model = getattr(vae, 'module', vae)
-    if hasattr(model, 'after_update'):
+    model = getattr(vae, 'module', vae)                # under DDP
+    if isinstance(model, UpstreamInterface):        # a progcode network, not the checkout's VAE
         model.after_update(model.rank_averaged_terms())
     update_trainable_ema(model, ema_vae, float(ema_rate))
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from vdvae.checkpoint import convert_apex_adam_state
+from vdvae.distributed import match_gradient_layout
+from vdvae.errors import ConfigError
 
 
 class FusedAdam(torch.optim.AdamW):
@@ -29,8 +31,8 @@ class FusedAdam(torch.optim.AdamW):
     def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-8,
                  adam_w_mode=True, weight_decay=0.0, amsgrad=False, **unused):
         if not (adam_w_mode and bias_correction and not amsgrad):
-            raise ValueError('the apex substitute implements FusedAdam(adam_w_mode=True, '
-                             'bias_correction=True, amsgrad=False) only, as upstream uses it')
+            raise ConfigError('the apex substitute implements FusedAdam(adam_w_mode=True, '
+                              'bias_correction=True, amsgrad=False) only, as upstream uses it')
         params = list(params)
         tensors = [p for p in params if isinstance(p, torch.Tensor)]
         fused = bool(tensors) and len({p.device.type for p in tensors}) == 1 and \
@@ -135,12 +137,14 @@ def install_cpu():
 
 class DistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
     """DDP as upstream calls it (`device_ids=[local_rank]`), also for a model on the CPU (which
-    takes no device_ids) and for progcode's models that leave parameters unused (masked decoder)."""
+    takes no device_ids), for progcode's models that leave parameters unused (masked decoder), and
+    with the parameters laid out as their gradients come (no copy-warning from DDP)."""
 
     def __init__(self, module, device_ids=None, output_device=None, **kwargs):
         if next(module.parameters()).device.type != 'cuda':
             device_ids = output_device = None
         kwargs.setdefault('find_unused_parameters', getattr(module, 'has_unused_parameters', False))
+        match_gradient_layout(module)       # gradients come out as DDP's buckets lay them out
         super().__init__(module, device_ids=device_ids, output_device=output_device, **kwargs)
 
 
