@@ -27,7 +27,7 @@ from vdvae.checkpoint import restore_params
 from vdvae.contract import Model
 from vdvae.errors import ConfigError
 from vdvae.evaluation import load_batch, split_batches
-from vdvae.vae import VAE, Decoder, Encoder, _temperature
+from vdvae.vae import VAE, Decoder, Encoder, _temperature, check_temperatures
 from vdvae.vae_helpers import rate_per_example, to_uint8
 
 from .lagrangian import LagrangianObjective
@@ -62,7 +62,9 @@ class MaskedDecoder(Decoder):
         return self.final_fn(xs[self.H.image_size]), stats
 
     def forward_manual_latents(self, n, latents, t=None):
-        """z_1..z_k from `latents` (k <= K), z_{k+1..K} from the prior at t; latents beyond K ignored."""
+        """z_1..z_k from `latents` (k <= K), z_{k+1..K} from the prior at t (one temperature per
+        decoder block, or one for all); latents beyond K ignored."""
+        check_temperatures(t, len(self.dec_blocks))
         xs = self._empty_guard(self._initial_states(n), n)
         for i, block in enumerate(self.dec_blocks):
             if i < min(len(latents), self.n_visible):

@@ -1,5 +1,8 @@
 """progcode's flags and models, registered into the VDVAE core (loaded by hps_overrides)."""
-from vdvae.hps import register_arguments
+from vdvae.block_strings import parse_dec_blocks
+from vdvae.errors import ConfigError
+from vdvae.hps import (count, optional, positive, rate, register_arguments, register_check,
+                       register_flag_rules)
 from vdvae.models import register_model
 
 
@@ -33,6 +36,25 @@ def add_progcode_arguments(parser):
       help=_d('masked: D_K probe (frozen q, fresh decoder) or gamma-optimal joint training'))
     a('--masked_init', choices=('trained', 'fresh'), default='trained',
       help=_d('masked (both modes): start the masked decoder from the trained decoder or fresh'))
+
+
+register_flag_rules(
+    eta_lr=positive(), eta_ema_rate=rate(), eta_lr_decay=optional(positive(), 'a constant lr'),
+    eta_init=optional(('a number in (0, 1)', lambda v: isinstance(v, (int, float)) and 0 < v < 1),
+                      "A.5's start"),
+    distortion_target=positive(), rate_target=optional(positive(), "the trained model's R_K"),
+    progressive_res=optional(count(), 'image size / 8'))
+
+
+@register_check
+def check_progressive_res(H):
+    res = H.get('progressive_res')
+    if res is not None and H.get('dec_blocks') and H.get('image_size'):
+        resolutions = sorted({r for r, _ in parse_dec_blocks(H.dec_blocks, H.image_size)})
+        if res not in resolutions:
+            raise ConfigError(f'--progressive_res must be one of the decoder\'s resolutions '
+                              f'{resolutions} (z_1..z_K are the blocks up to it), or none '
+                              f'(image size / 8), got {res}')
 
 
 def _build_masked(H):

@@ -5,18 +5,19 @@
 """
 import argparse
 import math
+import os
 import sys
 
 import torch
 
 from .block_strings import check_architecture
-from .checkpoint import restore_params
+from .checkpoint import check_can_write, restore_params
 from .data import resolve_geometry
 from .errors import ConfigError, UserError
 from .hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
 from .images import tile_images, write_image
 from .models import build_model
-from .vae import VAE
+from .vae import VAE, check_temperatures
 
 
 def parse_temperature(text):
@@ -46,11 +47,21 @@ def load_model(H, device):
     return model.to(device).eval()
 
 
+def check_sample_flags(H):
+    if H.n < 1:
+        raise ConfigError(f'--n must be at least 1, got {H.n}')
+    if H.ncol < 0:
+        raise ConfigError(f'--ncol must be at least 1 (or 0: about sqrt(n)), got {H.ncol}')
+    if os.path.isdir(H.out):
+        raise ConfigError(f'--out {H.out!r} is a folder; name a PNG file in it')
+    check_can_write(H.out, f'--out {H.out!r}')       # (the folders it needs are made)
+
+
 def sample(H):
-    n_blocks = len(check_architecture(H)[1])
-    if isinstance(H.t, list) and len(H.t) != n_blocks:
-        raise ConfigError(f'--t gives {len(H.t)} temperatures, but the decoder has {n_blocks} '
-                          'blocks; give one number or exactly one per block')
+    try:                                        # before any weights are read
+        check_temperatures(H.t, len(check_architecture(H)[1]))
+    except ConfigError as e:
+        raise ConfigError(f'--t: {e}') from None        # (the same message, named by its flag)
     model = load_model(H, H.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     torch.manual_seed(H.seed)           # after init, so a seed gives the same draws as upstream
     with torch.no_grad():
@@ -98,8 +109,7 @@ def main(argv=None):
         else:
             H.update(vars(parser.parse_args(argv)))
         if H.command == 'sample':
-            if H.n < 1:
-                raise ConfigError(f'--n must be at least 1, got {H.n}')
+            check_sample_flags(H)
             sample(H)
         else:
             summary(H)

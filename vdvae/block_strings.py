@@ -45,19 +45,19 @@ def parse_layer_string(s):
 def parse_enc_blocks(s, image_size):
     """Encoder blocks [(res, down_rate)], checked to start at `image_size` and to chain."""
     layers, cur = [], image_size
-    for token, res, op, n in _tokens(s, 'encoder'):
+    for token, res, op, n in _tokens(s, '--enc_blocks: the encoder'):
         if op == 'm':
-            raise ConfigError(f'encoder block string: token {token!r} has an "m" (decoder mix-in); '
+            raise ConfigError(f'--enc_blocks: token {token!r} has an "m" (decoder mix-in); '
                               'encoder tokens are "RxN", "RdK" or "R"')
         if res != cur:
-            raise ConfigError(f'encoder block string: token {token!r} is at resolution {res}, but the '
+            raise ConfigError(f'--enc_blocks: token {token!r} is at resolution {res}, but the '
                               f'previous blocks leave resolution {cur}; expected {cur}x..., '
                               f'{cur}d... or {cur}')
         if n is not None and n < 1:
-            raise ConfigError(f'encoder block string: token {token!r} needs a count/rate >= 1')
+            raise ConfigError(f'--enc_blocks: token {token!r} needs a count/rate >= 1')
         if op == 'd':
             if res % n:
-                raise ConfigError(f'encoder block string: token {token!r} pools {res} by {n}, which '
+                raise ConfigError(f'--enc_blocks: token {token!r} pools {res} by {n}, which '
                                   'does not divide it; expected a divisor of the resolution')
             layers.append((res, n))
             cur = res // n
@@ -69,28 +69,28 @@ def parse_enc_blocks(s, image_size):
 def parse_dec_blocks(s, image_size):
     """Decoder blocks [(res, mixin)], checked to chain upwards and to end at `image_size`."""
     layers, cur = [], None
-    for token, res, op, n in _tokens(s, 'decoder'):
+    for token, res, op, n in _tokens(s, '--dec_blocks: the decoder'):
         if op == 'd':
-            raise ConfigError(f'decoder block string: token {token!r} has a "d" (encoder pooling); '
+            raise ConfigError(f'--dec_blocks: token {token!r} has a "d" (encoder pooling); '
                               'decoder tokens are "RxN", "RmM" or "R"')
         if op == 'm':
             if cur is None or n != cur:
-                raise ConfigError(f'decoder block string: token {token!r} mixes in resolution {n}, '
+                raise ConfigError(f'--dec_blocks: token {token!r} mixes in resolution {n}, '
                                   f'but the current resolution is {cur}; expected {res}m{cur}')
             if res <= n or res % n:
-                raise ConfigError(f'decoder block string: token {token!r} must upsample by an '
-                                  f'integer factor; expected a resolution that is a multiple of {n}')
+                raise ConfigError(f'--dec_blocks: token {token!r} must upsample by an integer '
+                                  f'factor; expected a resolution that is a multiple of {n}')
             layers.append((res, n))
         elif cur is not None and res != cur:
-            raise ConfigError(f'decoder block string: token {token!r} jumps from resolution {cur} to '
+            raise ConfigError(f'--dec_blocks: token {token!r} jumps from resolution {cur} to '
                               f'{res} without a mix-in; expected {res}m{cur}')
         elif op == 'x' and n < 1:
-            raise ConfigError(f'decoder block string: token {token!r} needs a count >= 1')
+            raise ConfigError(f'--dec_blocks: token {token!r} needs a count >= 1')
         else:
             layers += [(res, None)] * (n if op == 'x' else 1)
         cur = res
     if cur != image_size:
-        raise ConfigError(f'decoder block string {s!r} ends at resolution {cur}, but the image size '
+        raise ConfigError(f'--dec_blocks {s!r} ends at resolution {cur}, but the image size '
                           f'is {image_size}; expected its last token at {image_size}')
     return layers
 
@@ -103,7 +103,8 @@ def get_width_settings(width, s):
             continue
         parts = item.split(':')
         if len(parts) != 2 or not parts[0].strip().isdigit() or not parts[1].strip().isdigit():
-            raise ConfigError(f'custom_width_str {s!r}: malformed item {item!r}; expected "res:width"')
+            raise ConfigError(f'--custom_width_str {s!r}: malformed item {item!r}; expected '
+                              '"res:width"')
         widths[int(parts[0])] = int(parts[1])
     return widths
 

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import pickle
+import pickletools
 import tempfile
 import warnings
 
@@ -52,9 +53,42 @@ def atomic_save(obj, path):
 # ------------------------------------------------------------------------------------------------
 # Reading
 
+def check_can_write(path, what):
+    """That `path` can be created (with the folders it needs) or replaced, checked without
+    writing: its nearest existing ancestor is a writable folder. `what` names it for the user
+    (e.g. "--out 'x.png'")."""
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f'cannot write to {what}: {existing!r} is not a writable folder; '
+                              'choose another place or fix its permissions')
+
+
+def pickled_callables(path):
+    """The names (module.name) a plain pickle file would import when unpickled, read off its
+    opcodes without running any; [] when it names none or is no pickle at all."""
+    names, strings = [], []
+    try:
+        with open(path, 'rb') as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                if opcode.name == 'GLOBAL':
+                    names.append(str(arg).replace(' ', '.'))
+                elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                    names.append(f'{strings[-2]}.{strings[-1]}')
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:                       # not a pickle stream: the caller's "corrupt" holds
+        return names
+    return [f'GLOBAL {n}' for n in names]
+
+
 def load_file(path):
     """torch.load with weights_only=True onto the CPU, with one clear error per failure."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f'{path!r} is a folder, not a checkpoint file; pass a file in it '
+                              '(e.g. latest-model-ema.th)')
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint {path!r} does not exist; check the path (upstream names '
                               'files like latest-model.th, latest-model-ema.th, latest-opt.th)')
@@ -64,7 +98,8 @@ def load_file(path):
             warnings.simplefilter('ignore', UserWarning)
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        globals_named = [line.strip() for line in str(e).splitlines() if 'GLOBAL' in line.upper()]
+        globals_named = ([line.strip() for line in str(e).splitlines() if 'GLOBAL' in line.upper()]
+                         or pickled_callables(path))
         if not globals_named:
             raise CheckpointError(f'cannot read {path!r}: it is corrupt, truncated or not a torch '
                                   'file; re-download or re-save it') from e

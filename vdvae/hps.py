@@ -11,8 +11,10 @@ the command line is parsed again so explicit flags win. Differences from upstrea
 """
 import argparse
 import difflib
+import math
 from importlib import metadata
 
+from .block_strings import check_architecture
 from .errors import ConfigError
 
 # Image geometry of each dataset (upstream sets these in data.set_up_data; channels are always 3
@@ -241,6 +243,85 @@ def register_arguments(add_arguments):
     return add_arguments
 
 
+# ------------------------------------------------------------------------------------------------
+# Checks: every numeric flag in its range, once the presets and flags are resolved
+
+def _integer(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def count(low=1):
+    return f'an integer >= {low}', lambda v: _integer(v) and v >= low
+
+
+def positive():
+    return 'a positive number', lambda v: _number(v) and v > 0
+
+
+def non_negative():
+    return '>= 0', lambda v: _number(v) and v >= 0
+
+
+def rate():
+    """Decay rates and Adam's betas: 1 would freeze what they average."""
+    return 'a number in [0, 1)', lambda v: _number(v) and 0 <= v < 1
+
+
+def optional(rule, meaning):
+    allowed, ok = rule
+    return f'{allowed}, or none ({meaning})', lambda v: v is None or ok(v)
+
+
+FLAG_RULES = {
+    'n_batch': count(), 'width': count(), 'zdim': count(), 'num_mixtures': count(),
+    'num_epochs': count(), 'num_iters': optional(count(), 'train for --num_epochs'),
+    'iters_per_ckpt': count(), 'iters_per_print': count(), 'iters_per_save': count(),
+    'iters_per_images': count(), 'epochs_per_eval': count(), 'max_consecutive_skips': count(),
+    'num_images_visualize': count(), 'num_variables_visualize': count(0),
+    'num_temperatures_visualize': ('an integer from 0 to 4', lambda v: _integer(v) and 0 <= v <= 4),
+    'image_size': optional(count(), 'from the dataset'),
+    'image_channels': optional(('1 or 3', lambda v: v in (1, 3)), 'from the dataset'),
+    'lr': positive(), 'grad_clip': positive(), 'bottleneck_multiple': positive(),
+    'skip_threshold': ('a number > 0, or -1 (never skip)',
+                       lambda v: _number(v) and (v > 0 or v == -1)),
+    'warmup_iters': non_negative(), 'wd': non_negative(),
+    'ema_rate': rate(), 'adam_beta1': rate(), 'adam_beta2': rate(),
+}
+CHECKS = []
+
+
+def register_flag_rules(**rules):
+    """Extensions add rules for their flags: key=(what is allowed, predicate), e.g. positive()."""
+    FLAG_RULES.update(rules)
+
+
+def register_check(check):
+    """Extensions add `check(H)`, raising ConfigError for values of their flags that cannot work;
+    it runs after the core's own checks."""
+    if check not in CHECKS:
+        CHECKS.append(check)
+    return check
+
+
+def check_hparams(H):
+    """Every flag's value in its range (one message naming the flag, the value and what is
+    allowed), the block strings together, then the extensions' checks."""
+    for key, (allowed, ok) in FLAG_RULES.items():
+        if key in H and not ok(H[key]):
+            raise ConfigError(f'--{key} must be {allowed}, got {H[key]!r}')
+    registered_size = DATASET_IMAGE_SHAPE.get(H.get('dataset'), (None, None))[0]
+    if H.get('image_size') and H.get('enc_blocks') and H.get('dec_blocks') and \
+            registered_size in (None, H.image_size):     # else the data check says it better
+        check_architecture(H)
+    for check in CHECKS:
+        check(H)
+    return H
+
+
 # Keys the project adds on top of upstream's, with the defaults that let an upstream-style H
 # (upstream's keys only) build a VAE here unchanged.
 PROJECT_DEFAULTS = {'image_size': None, 'image_channels': None}
@@ -296,7 +377,7 @@ def parse_args_and_update_hparams(H, parser, s=None):
     dataset registers one (see `with_defaults`)."""
     H.update(parse_flags(parser, s))
     H.update(with_defaults(H))
-    return H
+    return check_hparams(H)
 
 
 def setup_hparams(argv=None, parser=None):
@@ -314,4 +395,4 @@ def get_hparams(*presets, **overrides):
         if key not in H:
             raise ConfigError(unknown_name_message('hyperparameter', key, H.keys()))
     H.update(overrides)
-    return with_defaults(H)
+    return check_hparams(with_defaults(H))

@@ -27,8 +27,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vdvae.checkpoint import (load_file, recover_checkpoint_set, restore_optimizer,
-                              restore_params, save_checkpoint_set)
+from vdvae.checkpoint import (check_can_write, load_file, recover_checkpoint_set,
+                              restore_optimizer, restore_params, save_checkpoint_set)
 from vdvae.contract import training_loss, with_distortion_name
 from vdvae.data import set_up_data
 from vdvae.distributed import (all_reduce_mean, broadcast_from_main, cleanup,
@@ -60,32 +60,44 @@ class TrainingStopped(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # Run folder, data order, state
 
-def prepare_run_dir(H, run_dir):
-    """Check the run folder: writable; holds a run iff --resume; a different run needs --overwrite."""
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, '.write-test')
-        open(probe, 'w').close()
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f'cannot write to save dir {run_dir!r} ({e.strerror}); choose another '
-                        '--save_dir or fix its permissions') from e
-    recover_checkpoint_set(run_dir)
+def check_run_dir(H, run_dir):
+    """Whether the run folder can be used as asked, without writing to it (only an interrupted
+    checkpoint save is finished first): a folder or nothing yet, somewhere writable; holding a
+    run iff --resume, unless --overwrite replaces it."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f'save dir {run_dir!r} is a file, not a folder; choose another '
+                          '--save_dir or --desc')
+    check_can_write(os.path.join(run_dir, 'hparams.json'), f'save dir {run_dir!r}')
+    if os.path.isdir(run_dir):
+        recover_checkpoint_set(run_dir)
     has_run = any(os.path.exists(os.path.join(run_dir, f)) for f in RUN_FILES)
-    if H.resume:
-        if not os.path.exists(os.path.join(run_dir, 'latest-state.th')):
-            raise ConfigError(f'--resume: no checkpoint to resume in {run_dir!r} (no '
-                              'latest-state.th); start without --resume')
-        with open(os.path.join(run_dir, 'hparams.json')) as f:
-            saved = json.load(f)
-        for key in ARCHITECTURE_KEYS:
-            if saved.get(key) != H[key]:
-                raise ConfigError(f'--resume: the run in {run_dir!r} has {key}={saved.get(key)!r}, '
-                                  f'these flags give {H[key]!r}; use the same --hps and flags')
-    elif has_run and not H.overwrite:
+    if H.resume and not os.path.exists(os.path.join(run_dir, 'latest-state.th')):
+        raise ConfigError(f'--resume: no checkpoint to resume in {run_dir!r} (no '
+                          'latest-state.th); start without --resume')
+    if has_run and not (H.resume or H.overwrite):
         raise ConfigError(f'save dir {run_dir!r} already holds a run; continue it with --resume, '
                           'start a new one with another --desc, or replace it with --overwrite')
-    elif has_run:
+
+
+def check_same_architecture(H, run_dir):
+    """--resume: the flags must give the run's architecture (after the data set the geometry)."""
+    try:
+        with open(os.path.join(run_dir, 'hparams.json')) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f'--resume: cannot read {run_dir}/hparams.json ({e}); the run folder is '
+                          'damaged: start a new run with another --desc') from e
+    for key in ARCHITECTURE_KEYS:
+        if saved.get(key) != H[key]:
+            raise ConfigError(f'--resume: the run in {run_dir!r} has {key}={saved.get(key)!r}, '
+                              f'these flags give {H[key]!r}; use the same --hps and flags')
+
+
+def start_run_dir(H, run_dir):
+    """The first write of a run, once every input has been checked: the folder, emptied of an
+    earlier run's files with --overwrite, and hparams.json (not on resume: the run's own stays)."""
+    os.makedirs(run_dir, exist_ok=True)
+    if H.overwrite and not H.resume:
         for name in os.listdir(run_dir):
             if name.startswith(('latest-', 'iter-', 'log.', 'samples-', 'hparams')):
                 os.unlink(os.path.join(run_dir, name))
@@ -184,11 +196,19 @@ def main(argv=None):
 
 
 def train(H):
-    run = set_up_run(H)
-    state = build_or_resume(H, run)
+    d = setup_distributed(H.port, H.device)
+    if d.device.type == 'cpu':
+        keep_freed_memory()                 # about 6% faster CPU steps (BENCHMARKS.md)
+    run_dir = os.path.join(H.save_dir, H.desc)
+    check_on_main_rank(d, check_run_dir, H, run_dir)
+    H, data_train, data_eval, preprocess_fn = set_up_data(H)
+    state, rngs = build_or_resume(H, d, run_dir)
+    # every input has been read and checked: only now is anything written
+    run = start_run(H, d, run_dir, data_train, data_eval, preprocess_fn)
+    state = ready_to_train(H, run, state, rngs)
     if H.test_eval:
-        stats = evaluate(H, state.ema_vae, run.data_eval, run.preprocess_fn, run.dist.device,
-                         run.dist.rank, run.dist.world_size, state.autocast)
+        stats = evaluate(H, state.ema_vae, data_eval, preprocess_fn, d.device, d.rank,
+                         d.world_size, state.autocast)
         run.logprint(type='test_loss', **stats)
         return 0
     train_loop(H, run, state)
@@ -201,31 +221,17 @@ TrainState = namedtuple('TrainState', 'vae ema_vae model optimizer scheduler sca
                                       'progress')
 
 
-def set_up_run(H):
-    """Processes, the run folder (checked on the main rank; on a problem every rank stops and none
-    waits forever), the data, the log and hparams.json."""
-    d = setup_distributed(H.port, H.device)
-    if d.device.type == 'cpu':
-        keep_freed_memory()                 # about 6% faster CPU steps (BENCHMARKS.md)
-    run_dir = os.path.join(H.save_dir, H.desc)
+def check_on_main_rank(d, check, *args):
+    """`check(*args)` on the main rank only; on a problem every rank stops, none waits forever."""
     problem = None
     if d.is_main:
         try:
-            prepare_run_dir(H, run_dir)
+            check(*args)
         except UserError as e:
             problem = str(e)
     problem = broadcast_from_main(problem)
     if problem:
         raise ConfigError(problem)
-    H, data_train, data_eval, preprocess_fn = set_up_data(H)
-    logprint = Logger(run_dir, enabled=d.is_main, echo=not H.quiet)
-    H.update(mpi_size=d.world_size, rank=d.rank, local_rank=d.local_rank, logdir=run_dir)
-    if d.is_main:
-        with open(os.path.join(run_dir, 'hparams.json'), 'w') as f:
-            json.dump(H, f, indent=1, sort_keys=True)
-        for key in sorted(H):
-            logprint(type='hparam', key=key, value=H[key])
-    return Run(d, run_dir, data_train, data_eval, preprocess_fn, logprint)
 
 
 def build_models(H, device):
@@ -246,51 +252,74 @@ def build_models(H, device):
     return vae.to(device, memory_format=memory_format), ema_vae.to(device, memory_format=memory_format)
 
 
-def build_or_resume(H, run):
-    """Models, optimizer, scheduler, scaler and progress: fresh (calibrated), or exactly as the
-    run's latest checkpoint left them (--resume). Then the per-rank seeds (upstream gives all
-    ranks one seed, so their posterior samples would repeat the same noise)."""
-    d, logprint = run.dist, run.logprint
+def build_or_resume(H, d, run_dir):
+    """Models, optimizer, scheduler, scaler and progress: fresh, or exactly as the run's latest
+    checkpoint left them (--resume). Reads, writes nothing. -> (state, the run's RNG states)."""
     vae, ema_vae = build_models(H, d.device)
     optimizer, scheduler = build_optimizer(H, vae)
     scaler = torch.amp.GradScaler(d.device.type, enabled=H.amp == 'fp16')
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(H.amp)
     autocast = (lambda: torch.autocast(d.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    logprint(f'parameters: {sum(p.numel() for p in vae.parameters()):,}; device {d.device}, '
-             f'{d.world_size} process(es), batch {H.n_batch} per process, amp {H.amp}')
     if H.resume:
-        progress, rngs = resume(run, vae, ema_vae, optimizer, scheduler, scaler)
+        check_same_architecture(H, run_dir)
+        progress, rngs = resume(run_dir, vae, ema_vae, optimizer, scheduler, scaler)
     else:
         progress, rngs = start_progress(H, optimizer), None
-    if progress['step'] == 0 and not H.test_eval:
-        # before the per-rank seeds, so that every rank measures the same (e.g. gamma = R_K)
-        vae.calibrate(run.data_eval, run.preprocess_fn, d.device, logprint)
+    return TrainState(vae, ema_vae, vae, optimizer, scheduler, scaler, autocast, progress), rngs
+
+
+def resume(run_dir, vae, ema_vae, optimizer, scheduler, scaler):
+    """Load the run's latest checkpoint set into the training state; (progress, RNG states)."""
+    state = load_file(os.path.join(run_dir, 'latest-state.th'))
+    restore_params(vae, os.path.join(run_dir, 'latest-model.th'))
+    restore_params(ema_vae, os.path.join(run_dir, 'latest-model-ema.th'))
+    restore_optimizer(optimizer, os.path.join(run_dir, 'latest-opt.th'))
+    try:
+        scheduler.load_state_dict(state['scheduler'])
+        scaler.load_state_dict(state['scaler'])
+        return {k: state[k] for k in PROGRESS_KEYS}, state['rng']
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f'--resume: {run_dir}/latest-state.th is not a training state of '
+                          f'this project ({type(e).__name__}: {e}); start a new run') from e
+
+
+def start_run(H, d, run_dir, data_train, data_eval, preprocess_fn):
+    """The run folder (main rank), hparams.json and the log; on resume the log goes on from the
+    checkpoint's copy of it."""
+    if d.is_main:
+        start_run_dir(H, run_dir)
+    logprint = Logger(run_dir, enabled=d.is_main, echo=not H.quiet)
+    H.update(mpi_size=d.world_size, rank=d.rank, local_rank=d.local_rank, logdir=run_dir)
+    if d.is_main:
+        with open(os.path.join(run_dir, 'hparams.json'), 'w') as f:
+            json.dump(H, f, indent=1, sort_keys=True)
+        for key in sorted(H):
+            logprint(type='hparam', key=key, value=H[key])
+        if H.resume and os.path.exists(os.path.join(run_dir, 'latest-log.jsonl')):
+            shutil.copyfile(os.path.join(run_dir, 'latest-log.jsonl'), logprint.jsonl_path)
+            logprint.jsonl.seek(0, os.SEEK_END)
+    return Run(d, run_dir, data_train, data_eval, preprocess_fn, logprint)
+
+
+def ready_to_train(H, run, st, rngs):
+    """Say what runs; calibrate a fresh model (before the per-rank seeds, so that every rank
+    measures the same, e.g. gamma = R_K); then the per-rank seeds (upstream gives all ranks one
+    seed, so their posterior samples would repeat the same noise); DDP and compile."""
+    d, logprint = run.dist, run.logprint
+    logprint(f'parameters: {sum(p.numel() for p in st.vae.parameters()):,}; device {d.device}, '
+             f'{d.world_size} process(es), batch {H.n_batch} per process, amp {H.amp}')
+    if H.resume:
+        logprint(f"resumed {run.run_dir} at step {st.progress['step']}")
+    if st.progress['step'] == 0 and not H.test_eval:
+        st.vae.calibrate(run.data_eval, run.preprocess_fn, d.device, logprint)
         with torch.no_grad():
-            for ema_buffer, buffer in zip(ema_vae.buffers(), vae.buffers()):
+            for ema_buffer, buffer in zip(st.ema_vae.buffers(), st.vae.buffers()):
                 ema_buffer.copy_(buffer)
     if rngs is not None and len(rngs) == d.world_size:
         set_rng_state(rngs[d.rank])
     else:
         torch.manual_seed(H.seed + d.rank)
-    return TrainState(vae, ema_vae, wrap_for_training(H, d, vae), optimizer, scheduler, scaler,
-                      autocast, progress)
-
-
-def resume(run, vae, ema_vae, optimizer, scheduler, scaler):
-    """Load the run's latest checkpoint set into the training state; (progress, RNG states)."""
-    run_dir = run.run_dir
-    state = load_file(os.path.join(run_dir, 'latest-state.th'))
-    restore_params(vae, os.path.join(run_dir, 'latest-model.th'))
-    restore_params(ema_vae, os.path.join(run_dir, 'latest-model-ema.th'))
-    restore_optimizer(optimizer, os.path.join(run_dir, 'latest-opt.th'))
-    scheduler.load_state_dict(state['scheduler'])
-    scaler.load_state_dict(state['scaler'])
-    if run.dist.is_main and os.path.exists(os.path.join(run_dir, 'latest-log.jsonl')):
-        shutil.copyfile(os.path.join(run_dir, 'latest-log.jsonl'), run.logprint.jsonl_path)
-        run.logprint.jsonl.seek(0, os.SEEK_END)
-    progress = {k: state[k] for k in PROGRESS_KEYS}
-    run.logprint(f"resumed {run_dir} at step {progress['step']}")
-    return progress, state['rng']
+    return st._replace(model=wrap_for_training(H, d, st.vae))
 
 
 def start_progress(H, optimizer):
@@ -299,6 +328,9 @@ def start_progress(H, optimizer):
     if H.restore_optimizer_path:
         restore_optimizer(optimizer, H.restore_optimizer_path)
     if H.restore_log_path:
+        if not os.path.isfile(H.restore_log_path):
+            raise ConfigError(f'--restore_log_path {H.restore_log_path!r} is not a file; pass the '
+                              'log.jsonl of the run to continue')
         steps = [r for r in read_jsonl(H.restore_log_path) if r.get('type') == 'train_loss']
         if steps:
             progress.update(epoch=max(r['epoch'] for r in steps), step=max(r['step'] for r in steps))

@@ -85,6 +85,16 @@ class Encoder(nn.Module):
         return activations
 
 
+def check_temperatures(t, n_blocks):
+    """`t` is None, a number, or one number per decoder block (a list or 1-d tensor)."""
+    if t is None or isinstance(t, numbers.Number) or (isinstance(t, torch.Tensor) and t.dim() == 0):
+        return t
+    if len(t) != n_blocks:
+        raise ConfigError(f'{len(t)} temperatures, but the decoder has {n_blocks} blocks; give '
+                          'one number, or exactly one per block')
+    return t
+
+
 def _temperature(t, i):
     """Temperature of decoder block i: t itself (None or a number) or t[i] (one per block)."""
     if not (t is None or isinstance(t, numbers.Number) or
@@ -221,6 +231,7 @@ class Decoder(nn.Module):
 
     def forward_uncond(self, n, t=None, y=None):
         """Prior sample of px_z for `n` images; t: None, a number, or one per block."""
+        check_temperatures(t, len(self.dec_blocks))
         xs = self._empty_guard(self._initial_states(n), n)
         for i, block in enumerate(self.dec_blocks):
             xs = block.forward_uncond(xs, _temperature(t, i))
@@ -232,6 +243,7 @@ class Decoder(nn.Module):
         if len(latents) > len(self.dec_blocks):
             raise ConfigError(f'{len(latents)} latents given, but the decoder has only '
                               f'{len(self.dec_blocks)} blocks')
+        check_temperatures(t, len(self.dec_blocks))
         xs = self._empty_guard(self._initial_states(n), n)
         for i, block in enumerate(self.dec_blocks):
             lvs = latents[i] if i < len(latents) else None
@@ -240,6 +252,7 @@ class Decoder(nn.Module):
 
     def prior_latents(self, n, k, latents=(), t=None):
         """z_1..z_k of n prior samples: `latents` first, the rest drawn at temperature t."""
+        check_temperatures(t, len(self.dec_blocks))
         xs = self._empty_guard(self._initial_states(n), n)
         zs = []
         for i, block in enumerate(self.dec_blocks[:k]):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vdvae.checkpoint import load_file, restore_params
-from vdvae.data import resolve_geometry, set_up_data
+from vdvae.data import load_splits, resolve_geometry, set_up_data
 from vdvae.errors import ConfigError, UserError
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams, setup_hparams
@@ -200,8 +200,34 @@ def parse(argv, description, add_arguments=None):
                           'last fifth of each run)')
     if cfg.jobs < 1:
         raise ConfigError(f'--jobs {cfg.jobs}: at least 1')
-    os.makedirs(cfg.out, exist_ok=True)
+    if cfg.n_eval < 0:
+        raise ConfigError(f'--n_eval {cfg.n_eval}: at least 0 (0: the whole validation split)')
     return cfg
+
+
+def number(low, kind=int, strict=False):
+    """An argparse type: a `kind` >= low (> low if strict), or argparse's one-line error."""
+    def parse_number(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = 'an integer' if kind is int else 'a number'
+            raise argparse.ArgumentTypeError(f'{text!r} is not {what}') from None
+        if not (value > low if strict else value >= low):
+            raise argparse.ArgumentTypeError(f'{text!r}: must be {">" if strict else ">="} {low}')
+        return value
+    return parse_number
+
+
+def check_inputs(cfg):
+    """What every experiment reads, checked before its first stage trains and before it writes
+    anything: the training flags as train.py will parse them, and the dataset's files. Returns
+    those hyperparameters (of --hps)."""
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ConfigError(f'--out {cfg.out!r} is a file, not a folder; choose another --out')
+    H = resolve_geometry(setup_hparams(['--hps', cfg.hps, *shlex.split(cfg.train_flags)]))
+    load_splits(H.dataset, H.data_root)
+    return H
 
 
 def run_main(fn, argv):

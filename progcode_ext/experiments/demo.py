@@ -24,7 +24,7 @@ from vdvae.errors import ConfigError
 
 from . import convergence as cv
 from . import lpips_vs_mse, rd_curve, table1, table2
-from .common import machine, mean_std, parse_seeds, run_main, say
+from .common import check_inputs, machine, mean_std, parse_seeds, run_main, say
 from .stages import run_stages
 
 # Periodic evaluations and image grids off (the experiments evaluate what they need, once);
@@ -74,6 +74,7 @@ def run(argv):
         raise ConfigError(f'--jobs {args.jobs}: at least 1')
     scale = 'full' if args.full else 'quick' if args.quick else 'default'
     cfg = config(args.out, scale, args.jobs)
+    check_inputs(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     start = time.time()
     say(f'demo ({scale}): mnist16, {cfg.steps} steps per model ({cfg.probe_steps} for the D_K probe '

@@ -11,20 +11,21 @@ import torch
 from scipy.stats import spearmanr
 
 from ..mean_head import mse_per_example
-from ..metrics import perceptual_distance
+from ..metrics import choose_perceptual_metric, perceptual_distance
 from . import convergence as cv
-from .common import (as_uint8, default_device, eval_images, evaluate_run, load_run, metrics_cache,
-                     parse, plot, run_main, say, write_results)
+from .common import (as_uint8, check_inputs, default_device, eval_images, evaluate_run, load_run,
+                     metrics_cache, number, parse, plot, run_main, say, write_results)
 from .figures import log_axis
 from .rd_curve import add_arguments as add_rd_arguments
-from .rd_curve import stage1_runs
+from .rd_curve import parse_targets, stage1_runs
 from .rd_curve import stages  # noqa: F401 (the same stage-1 runs)
 from .stages import run_stages
 
 
 def add_arguments(parser):
     add_rd_arguments(parser)
-    parser.add_argument('--n_images', type=int, default=256, help='validation images per model')
+    parser.add_argument('--n_images', type=number(1), default=256,
+                        help='validation images per model')
     parser.add_argument('--lpips_weights', default=None, help='local LPIPS backbone weights')
     parser.add_argument('--lpips_net', default='alex', choices=('alex', 'vgg'))
     parser.add_argument('--allow_standin', action='store_true',
@@ -88,6 +89,12 @@ def report(cfg):
 
 
 def run(cfg):
+    H = check_inputs(cfg)
+    parse_targets(cfg.targets)
+    choose_perceptual_metric(H.dataset, lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
+                             allow_standin=cfg.allow_standin, cache_dir=metrics_cache(cfg),
+                             data_root=H.data_root, device=default_device(cfg),
+                             logprint=say)              # its weights, before training
     run_stages(cfg, stages(cfg))
     return report(cfg)
 

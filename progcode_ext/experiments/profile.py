@@ -21,14 +21,14 @@ from vdvae.data import set_up_data
 
 from ..latent_groups import progressive_blocks
 from ..metrics.rd_profile import rate_per_group, rate_profile
-from .common import (default_device, evaluate_run, parse, plot, restore_vdvae, run_main, say,
-                     subset, write_results)
+from .common import (default_device, evaluate_run, number, parse, plot, restore_vdvae, run_main,
+                     say, subset, write_results)
 from .stages import Stage, run_dir, run_stages
 
 
 def add_arguments(parser):
     parser.add_argument('--checkpoint', required=True, help='the trained VDVAE (ours or upstream)')
-    parser.add_argument('--probe_steps', type=int, default=0,
+    parser.add_argument('--probe_steps', type=number(0), default=0,
                         help='steps of the D_k probe per resolution; 0: rates only')
 
 

@@ -12,8 +12,8 @@ import torch
 from vdvae.errors import ConfigError
 
 from . import convergence as cv
-from .common import (as_uint8, default_device, eval_images, evaluate_run, grid, load_run, parse,
-                     plot, run_main, seeded, write_results)
+from .common import (as_uint8, check_inputs, default_device, eval_images, evaluate_run, grid,
+                     load_run, parse, plot, run_main, seeded, write_results)
 from .figures import log_axis
 from .stages import Stage, run_dir, run_stages
 
@@ -111,6 +111,8 @@ def report(cfg):
 
 
 def run(cfg):
+    check_inputs(cfg)
+    parse_targets(cfg.targets)
     run_stages(cfg, stages(cfg))
     return report(cfg)
 

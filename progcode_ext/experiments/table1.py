@@ -25,16 +25,17 @@ from vdvae.data import set_up_data
 
 from ..metrics.rd_profile import rate_per_group, rate_profile
 from . import convergence as cv
-from .common import (as_uint8, check_table, default_device, eval_images, evaluate_last_fifth,
-                     evaluate_run, grid, load_run, mean_std, parse, plot,
-                     restore_vdvae, run_dir, run_main, say, seeded, subset, summary, write_results)
+from .common import (as_uint8, check_inputs, check_table, default_device, eval_images,
+                     evaluate_last_fifth, evaluate_run, grid, load_run, mean_std, number, parse,
+                     plot, restore_vdvae, run_dir, run_main, say, seeded, subset, summary,
+                     write_results)
 from .stages import Stage, run_stages
 
 
 def add_arguments(parser):
     parser.add_argument('--checkpoint', default=None,
                         help='a trained VDVAE (ours or upstream official) instead of training one')
-    parser.add_argument('--probe_steps', type=int, default=400000,
+    parser.add_argument('--probe_steps', type=number(1), default=400000,
                         help='steps of the probe and of gamma-optimal training (paper: 400K)')
 
 
@@ -182,7 +183,8 @@ def report_lines(cfg, result):
 
 
 def run(cfg):
-    run_stages(cfg, stages(cfg))
+    check_inputs(cfg)
+    run_stages(cfg, stages(cfg))                # (stages() checks --checkpoint first)
     return report(cfg)
 
 

@@ -22,11 +22,11 @@ import torch
 from vdvae.data import load_splits
 from vdvae.hps import get_hparams
 
-from ..metrics import DEFAULT_FID_SAMPLES, sample_quality
+from ..metrics import DEFAULT_FID_SAMPLES, choose_sample_metric, sample_quality
 from . import convergence as cv
-from .common import (check_table, default_device, evaluate_last_fifth, evaluate_run, grid,
-                     load_run, mean_std, metrics_cache, parse, plot, run_main, say, seeded, summary,
-                     write_results)
+from .common import (check_inputs, check_table, default_device, evaluate_last_fifth,
+                     evaluate_run, grid, load_run, mean_std, metrics_cache, number, parse, plot,
+                     run_main, say, seeded, summary, write_results)
 from .rd_curve import stage1_stage
 from .stages import Stage, run_dir, run_stages
 
@@ -34,14 +34,14 @@ TRAININGS = ('conventional', 'progressive')
 
 
 def add_arguments(parser):
-    parser.add_argument('--distortion_target', type=float, default=None,
+    parser.add_argument('--distortion_target', type=number(0.0, float, strict=True), default=None,
                         help="stage 1's lambda (default: the preset's, e.g. 0.0032 for svhn)")
-    parser.add_argument('--n_samples', type=int, default=DEFAULT_FID_SAMPLES,
+    parser.add_argument('--n_samples', type=number(1), default=DEFAULT_FID_SAMPLES,
                         help='samples for the sample metric (default: %(default)s)')
-    parser.add_argument('--n_reference', type=int, default=DEFAULT_FID_SAMPLES,
+    parser.add_argument('--n_reference', type=number(1), default=DEFAULT_FID_SAMPLES,
                         help='training images for the reference statistics (default: %(default)s, '
                              'at most the whole training split)')
-    parser.add_argument('--sample_batch', type=int, default=100)
+    parser.add_argument('--sample_batch', type=number(1), default=100)
     parser.add_argument('--fid_weights', default=None, help='local Inception weights for FID')
     parser.add_argument('--allow_standin', action='store_true',
                         help='without Inception weights, use the clearly labelled FD-<dataset>')
@@ -210,6 +210,10 @@ def report_lines(cfg, result):
 
 
 def run(cfg):
+    H = check_inputs(cfg)
+    choose_sample_metric(H.dataset, fid_weights=cfg.fid_weights, allow_standin=cfg.allow_standin,
+                         cache_dir=metrics_cache(cfg), data_root=H.data_root,
+                         device=default_device(cfg), logprint=say)   # its weights, before training
     run_stages(cfg, stages(cfg))
     return report(cfg)
 
