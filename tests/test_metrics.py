@@ -369,6 +369,7 @@ def no_real_packages(monkeypatch):
     monkeypatch.setitem(sys.modules, 'lpips', None)
 
 
+@pytest.mark.slow
 def test_entry_points_use_the_standin_only_when_allowed_and_say_so(mnist, cache_dir,
                                                                    no_real_packages):
     splits, _, info = mnist
@@ -400,6 +401,7 @@ def test_entry_points_use_the_standin_only_when_allowed_and_say_so(mnist, cache_
         assert 'FID' not in n and 'LPIPS' not in n
 
 
+@pytest.mark.slow
 def test_entry_points_pick_the_real_metrics_when_available(fake_pytorch_fid, fake_lpips, mnist,
                                                            cache_dir, monkeypatch):
     splits, _, _ = mnist
@@ -443,6 +445,7 @@ def test_reference_stats_are_cached_per_metric_dataset_split_and_n(tmp_path):
     assert calls[-1] == 30 and len(calls) == 4      # no split name: no cache
 
 
+@pytest.mark.slow
 def test_generated_images_from_a_sampler(mnist, cache_dir, no_real_packages):
     splits, _, _ = mnist
     pool = splits['test'][list(range(100))].numpy()

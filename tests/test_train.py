@@ -184,6 +184,7 @@ def test_existing_run_is_not_overwritten_unless_asked(tmp_path, capsys):
     assert run(['--n_batch', '8', '--num_iters', '2', '--overwrite'], tmp_path) == 0
 
 
+@pytest.mark.slow
 def test_restore_path_from_another_preset(tmp_path, capsys):
     assert run(['--n_batch', '8', '--num_iters', '1'], tmp_path) == 0
     ckpt = tmp_path / 'run' / 'latest-model.th'

@@ -133,12 +133,29 @@ def _preset_shapes(name):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def _block_counts(keys):
+    """(encoder blocks, decoder blocks) of a VDVAE state dict's keys."""
+    def count(prefix):
+        return len({k.split('.')[2] for k in keys if k.startswith(prefix)})
+    return count('encoder.enc_blocks.'), count('decoder.dec_blocks.')
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_block_counts(name):
+    from .block_strings import parse_dec_blocks, parse_enc_blocks
+    H = get_hparams(name)
+    return (len(parse_enc_blocks(H.enc_blocks, H.image_size)),
+            len(parse_dec_blocks(H.dec_blocks, H.image_size)))
+
+
 def suggest_preset(sd):
-    """The registered preset whose model has exactly these keys and shapes, or None."""
+    """The registered preset whose model has exactly these keys and shapes, or None. Presets with
+    other numbers of blocks are passed over without building their model."""
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    counts = _block_counts(shapes)
     for name in HPARAMS_REGISTRY:
         try:
-            if _preset_shapes(name) == shapes:
+            if _preset_block_counts(name) == counts and _preset_shapes(name) == shapes:
                 return name
         except (ValueError, AttributeError):
             continue                # presets of extensions may need more than get_hparams gives
