@@ -11,6 +11,7 @@
 #   NGPU        GPUs per stage (default 1); LAUNCHER torchrun (default) or mpiexec when NGPU > 1
 #   FID_WEIGHTS, LPIPS_WEIGHTS   local weight files where the machine cannot download them
 #   STEPS, PROBE_STEPS           override 800000 / 400000 (e.g. for a shorter trial)
+#   N_SAMPLES   samples drawn for Table 2's FID (default 50000, the usual count; fewer for a trial)
 #   SEEDS       training seeds for Tables 1 and 2, e.g. 0,1,2 (default 0; the claims are checked on each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +35,5 @@ lpips=(); [ -n "${LPIPS_WEIGHTS:-}" ] && lpips=(--lpips_weights "$LPIPS_WEIGHTS"
 python -m progcode_ext.experiments.table1 "${common[@]}" --probe_steps "$PROBE_STEPS"
 python -m progcode_ext.experiments.rd_curve "${common[@]}"
 python -m progcode_ext.experiments.lpips_vs_mse "${common[@]}" "${lpips[@]}"
-python -m progcode_ext.experiments.table2 "${common[@]}" --n_samples 50000 "${fid[@]}"
+python -m progcode_ext.experiments.table2 "${common[@]}" --n_samples "${N_SAMPLES:-50000}" "${fid[@]}"
 echo "reports: $OUT/{table1,rd_curve,lpips_vs_mse,table2}/report.md"

@@ -4,7 +4,10 @@
     mpiexec -n 8 python -m progcode_ext.upstream --vdvae_root PATH --hps svhn_stage1
     VDVAE_ROOT=PATH python -m progcode_ext.upstream --hps svhn_stage2 --stage1_path RUN_DIR
 
-Every flag but --vdvae_root goes to upstream's parser (upstream's flags plus progcode's).
+    python -m progcode_ext.upstream --hps svhn_stage1        # the vdvae_upstream submodule
+
+Every flag but --vdvae_root goes to upstream's parser (upstream's flags plus progcode's). Without
+--vdvae_root and VDVAE_ROOT, the checkout is the repository's vdvae_upstream submodule.
 """
 import os
 import sys

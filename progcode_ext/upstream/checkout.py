@@ -23,6 +23,11 @@ REQUIRED = {
 MODULES = ('hps', 'utils', 'data', 'vae', 'train_helpers', 'train')
 CLONE_HINT = ('point --vdvae_root (or VDVAE_ROOT) at the folder holding upstream\'s train.py, '
               'e.g. a `git clone https://github.com/openai/vdvae`')
+# The official repository beside the extension: a git submodule of this repository, pinned at the
+# commit the plug-in was made and tested for (`git ls-tree HEAD vdvae_upstream` shows the same).
+SUBMODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__)))), 'vdvae_upstream')
+PINNED_COMMIT = 'ea35b490313bc33e7f8ac63dd8132f3cc1a729b4'
 
 
 class CheckoutError(UserError, ValueError):
@@ -43,11 +48,59 @@ def top_level_names(path):
     return names
 
 
+def default_checkout():
+    """The vdvae_upstream submodule, or CheckoutError saying how to fill it when it is empty."""
+    if not os.path.isfile(os.path.join(SUBMODULE, 'train.py')):
+        raise CheckoutError(f'no upstream checkout given, and the vdvae_upstream submodule '
+                            f'({SUBMODULE}) is empty: run `git submodule update --init '
+                            'vdvae_upstream` in the progcode repository (or clone it with '
+                            '--recurse-submodules), or pass --vdvae_root PATH (or VDVAE_ROOT) for '
+                            'a checkout elsewhere')
+    return SUBMODULE
+
+
+def checkout_commit(root):
+    """The commit checked out in the git checkout at `root`, read from its .git metadata (a folder,
+    or a file `gitdir: ...` for a submodule); None when that cannot be told."""
+    git = os.path.join(root, '.git')
+    try:
+        if os.path.isfile(git):
+            with open(git) as f:
+                line = f.read().strip()
+            if not line.startswith('gitdir:'):
+                return None
+            git = os.path.normpath(os.path.join(root, line.split(':', 1)[1].strip()))
+        with open(os.path.join(git, 'HEAD')) as f:
+            head = f.read().strip()
+        if not head.startswith('ref:'):
+            return head                             # detached, as a submodule is
+        ref = head.split(':', 1)[1].strip()
+        if os.path.isfile(os.path.join(git, ref)):
+            with open(os.path.join(git, ref)) as f:
+                return f.read().strip()
+        with open(os.path.join(git, 'packed-refs')) as f:
+            return next((line.split()[0] for line in f if line.rstrip().endswith(' ' + ref)), None)
+    except OSError:
+        return None
+
+
+def warn_unless_pinned(root, out=None):
+    """Name both commits when the checkout is not at the one the plug-in was made for."""
+    commit = checkout_commit(root)
+    if commit and commit != PINNED_COMMIT and is_main_process():
+        print(f'progcode: warning: the checkout {root} is at commit {commit}; the plug-in was made '
+              f'and tested for {PINNED_COMMIT} (the vdvae_upstream submodule\'s pin). Using it '
+              'anyway.', file=out or sys.stderr)
+
+
+def is_main_process():
+    return all(os.environ.get(v, '0') == '0' for v in ('RANK', 'PMI_RANK', 'OMPI_COMM_WORLD_RANK'))
+
+
 def recognise(root):
-    """The checkout's absolute path, or CheckoutError naming the first thing that is missing."""
-    if not root:
-        raise CheckoutError(f'no upstream checkout given: {CLONE_HINT}')
-    root = os.path.abspath(os.fspath(root))
+    """The checkout's absolute path (None: the vdvae_upstream submodule), or CheckoutError naming
+    the first thing that is missing."""
+    root = os.path.abspath(os.fspath(root or default_checkout()))
     if os.path.isfile(root):                         # the hook passes train.py's __file__
         root = os.path.dirname(root)
     if not os.path.isdir(root):
@@ -60,7 +113,8 @@ def recognise(root):
         try:
             defined = top_level_names(path)
         except (SyntaxError, UnicodeDecodeError) as e:
-            raise CheckoutError(f'{path} cannot be parsed ({e}); restore it with git checkout') from e
+            raise CheckoutError(f'{path} cannot be parsed ({e}); restore it with git '
+                                'checkout') from e
         missing = [s for s in symbols if s not in defined]
         if missing:
             raise CheckoutError(f'{root} is not an openai/vdvae checkout progcode recognises: '

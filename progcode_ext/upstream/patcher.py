@@ -22,7 +22,7 @@ import sys
 from vdvae.checkpoint import atomic_write
 from vdvae.errors import UserError
 
-from .checkout import recognise
+from .checkout import recognise, warn_unless_pinned
 
 BEGIN = '# >>> progcode hook: added by progcode\'s patches/upstream_hook.py; undo with its `revert`'
 END = '# <<< progcode hook'
@@ -77,12 +77,14 @@ def patch(root, action, dry_run=False, out=None):
     there is nothing to do)."""
     out = out or sys.stdout
     root = recognise(root)
+    warn_unless_pinned(root, out)
     path = os.path.join(root, 'train.py')
     try:
         with open(path, encoding='utf-8', newline='') as f:
             lines = f.read().splitlines(keepends=True)
     except (OSError, UnicodeDecodeError) as e:
-        raise PatchError(f'cannot read {path} ({e}); restore it with `git checkout train.py`') from e
+        raise PatchError(f'cannot read {path} ({e}); restore it with `git checkout '
+                         'train.py`') from e
     try:
         new = patched_lines(lines, path, action)
     except SyntaxError as e:
@@ -113,7 +115,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('action', choices=('apply', 'revert'))
     parser.add_argument('vdvae_root', nargs='?', default=os.environ.get('VDVAE_ROOT'),
-                        help='the checkout of openai/vdvae (default: $VDVAE_ROOT)')
+                        help='the checkout of openai/vdvae (default: $VDVAE_ROOT, else the '
+                             'vdvae_upstream submodule)')
     parser.add_argument('--dry-run', action='store_true', help='print the diff, change nothing')
     args = parser.parse_args(argv)
     try:

@@ -33,7 +33,7 @@ from vdvae.models import MODELS
 from vdvae.train_helpers import update_ema as update_trainable_ema
 
 from . import substitutes
-from .checkout import import_modules, recognise
+from .checkout import import_modules, is_main_process, recognise, warn_unless_pinned
 from .interface import UpstreamInterface, vae_factory
 
 UPSTREAM_DATASETS = ('cifar10', 'imagenet32', 'imagenet64', 'ffhq_256', 'ffhq_1024')
@@ -41,11 +41,12 @@ _INSTALLED = {}
 
 
 def install(root):
-    """Install progcode into the checkout at `root` (its folder, or its train.py); idempotent.
-    Returns {module name: module} of the checkout."""
+    """Install progcode into the checkout at `root` (its folder, or its train.py; None: the
+    vdvae_upstream submodule); idempotent. Returns {module name: module} of the checkout."""
     root = recognise(root)
     if root in _INSTALLED:          # also when a hooked train.py is imported by install itself
         return _INSTALLED[root]
+    warn_unless_pinned(root)
     _INSTALLED[root] = modules = {}
     try:
         modules.update(_install(root))
@@ -75,7 +76,7 @@ def _install(root):
         rebind(modules.values(), original, replacement)
     if getattr(modules['data'], 'np', None) is substitutes.np:
         modules['data'].np = substitutes.NumpyWithListStacking()
-    if done and _is_main_process():
+    if done and is_main_process():
         print(f'progcode: substitutes for {", ".join(done)} (see progcode_ext/upstream/'
               'substitutes.py)', file=sys.stderr)
     return modules
@@ -88,10 +89,6 @@ def rebind(modules, original, replacement):
         for name, value in list(vars(module).items()):
             if value is original:
                 setattr(module, name, replacement)
-
-
-def _is_main_process():
-    return all(os.environ.get(v, '0') == '0' for v in ('RANK', 'PMI_RANK', 'OMPI_COMM_WORLD_RANK'))
 
 
 # ------------------------------------------------------------------------------------------------

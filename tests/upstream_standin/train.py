@@ -88,7 +88,9 @@ def train_loop(H, data_train, data_valid, preprocess_fn, vae, ema_vae, logprint)
             iters_since_starting += 1
             if iterate % H.iters_per_save == 0 and H.rank == 0:
                 if np.isfinite(stats[-1]['elbo']):
-                    logprint(model=H.desc, type='ckpt', **stats[-1])
+                    # as upstream's loop: a second train_loss record at each save step
+                    logprint(model=H.desc, type='train_loss', lr=scheduler.get_last_lr()[0],
+                             epoch=epoch, step=iterate, **accumulate_stats(stats, H.iters_per_print))
                     fp = os.path.join(H.save_dir, 'latest')
                     logprint(f'Saving model@ {iterate} to {fp}')
                     save_model(fp, vae, ema_vae, optimizer, H)
