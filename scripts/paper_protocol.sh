@@ -12,6 +12,9 @@
 #   FID_WEIGHTS, LPIPS_WEIGHTS   local weight files where the machine cannot download them
 #   STEPS, PROBE_STEPS           override 800000 / 400000 (e.g. for a shorter trial)
 #   N_SAMPLES   samples drawn for Table 2's FID (default 50000, the usual count; fewer for a trial)
+#   LOOP        progcode (default: progcode's train.py) or upstream: every training stage runs in
+#               upstream's own loop, in VDVAE_ROOT or the vdvae_upstream submodule (the same run
+#               folders; a stage left unfinished starts again there)
 #   SEEDS       training seeds for Tables 1 and 2, e.g. 0,1,2 (default 0; the claims are checked on each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +31,8 @@ if [ "$NGPU" -gt 1 ]; then
     *) echo "LAUNCHER must be torchrun or mpiexec" >&2; exit 2 ;;
   esac
 fi
-common=(--hps "$PRESET" --out "$OUT" --steps "$STEPS" --seeds "${SEEDS:-0}" "--train_flags=--data_root $DATA_ROOT")
+common=(--hps "$PRESET" --out "$OUT" --steps "$STEPS" --seeds "${SEEDS:-0}" "--train_flags=--data_root $DATA_ROOT"
+        --loop "${LOOP:-progcode}")
 fid=(); [ -n "${FID_WEIGHTS:-}" ] && fid=(--fid_weights "$FID_WEIGHTS")
 lpips=(); [ -n "${LPIPS_WEIGHTS:-}" ] && lpips=(--lpips_weights "$LPIPS_WEIGHTS")
 

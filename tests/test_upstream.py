@@ -380,3 +380,35 @@ def test_patcher_refuses(checkout, capsys):
     proc = subprocess.run([sys.executable, str(PATCHER), 'revert', str(checkout / 'vdvae')],
                           capture_output=True, text=True, env=ENV)
     assert proc.returncode == 2 and proc.stderr.startswith('error:')
+
+
+@pytest.mark.slow
+def test_an_experiment_through_upstreams_loop_writes_the_same_run_folders(checkout, monkeypatch):
+    """`--loop upstream`: the stage trains in upstream's loop (the stand-in, without its iteration
+    cap: --num_iters stops it), and the experiment reads its run as one of train.py's."""
+    from progcode_ext.experiments import rd_curve
+    monkeypatch.chdir(checkout)
+    monkeypatch.delenv('STANDIN_MAX_ITERS', raising=False)
+    i = TINY.index('--iters_per_save')
+    flags = TINY[:i] + TINY[i + 2:]                  # the experiment sets it
+    out = checkout / 'exp'
+    assert rd_curve.main(['--hps', 'svhn', '--out', str(out), '--steps', '5', '--targets', '0.05',
+                          '--loop', 'upstream', '--vdvae_root', str(checkout / 'vdvae'),
+                          '--train_flags', ' '.join(flags + ['--dataset', 'imagefolder',
+                                                             '--data_root',
+                                                             str(checkout / 'images')])]) == 0
+    run_dir = out / 'runs' / 'stage1-0.05-seed0'
+    assert load(run_dir / 'latest-state.th')['step'] == 5                 # stopped at --num_iters
+    assert load(run_dir / 'iter-4-state.th')['step'] == 4                 # and kept its 4/5 point
+    saved = json.loads((run_dir / 'hparams.json').read_text())
+    assert saved['model'] == 'stage1' and saved['num_iters'] == 5 and saved['image_size'] == 32
+    assert [r['step'] for r in records(run_dir)] == [0, 1, 2, 3, 4]       # upstream's count, from 0
+    result = json.loads((out / 'rd_curve' / 'results.json').read_text())
+    assert result['rows'][0]['target'] == 0.05 and result['rows'][0]['rate'] > 0
+    # finished: a second command re-runs nothing
+    assert rd_curve.main(['--hps', 'svhn', '--out', str(out), '--steps', '5', '--targets', '0.05',
+                          '--loop', 'upstream', '--vdvae_root', str(checkout / 'vdvae'),
+                          '--train_flags', ' '.join(flags + ['--dataset', 'imagefolder',
+                                                             '--data_root',
+                                                             str(checkout / 'images')])]) == 0
+    assert load(run_dir / 'latest-state.th')['step'] == 5

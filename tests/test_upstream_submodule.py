@@ -1,5 +1,4 @@
 """vdvae_upstream: the official repository as a pinned submodule, the default checkout."""
-import os
 import shutil
 import subprocess
 from pathlib import Path

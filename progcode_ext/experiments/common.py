@@ -40,6 +40,12 @@ def add_common_arguments(parser):
     a('--jobs', type=int, default=1, help='stages trained at once (subprocesses, cores / jobs '
       'threads each); 1: one after the other (default: %(default)s)')
     a('--train_flags', default='', help='extra train.py flags for every stage, e.g. "--data_root D"')
+    a('--loop', choices=('progcode', 'upstream'), default='progcode',
+      help='train every stage with progcode\'s train.py, or with upstream\'s own loop in a '
+      'checkout of openai/vdvae (RGB data; a stage it left unfinished starts again) '
+      '(default: %(default)s)')
+    a('--vdvae_root', default=None,
+      help='--loop upstream: the checkout (default: $VDVAE_ROOT, else the vdvae_upstream submodule)')
     a('--device', default=None, help='torch device for evaluation (default: cuda if available)')
     a('--n_eval', type=int, default=0, help='evaluate on the first N validation images (0: all)')
     a('--metrics_cache', default=None,
@@ -227,6 +233,12 @@ def check_inputs(cfg):
         raise ConfigError(f'--out {cfg.out!r} is a file, not a folder; choose another --out')
     H = resolve_geometry(setup_hparams(['--hps', cfg.hps, *shlex.split(cfg.train_flags)]))
     load_splits(H.dataset, H.data_root)
+    if getattr(cfg, 'loop', 'progcode') == 'upstream':
+        from ..upstream.checkout import recognise
+        cfg.vdvae_root = recognise(cfg.vdvae_root or os.environ.get('VDVAE_ROOT'))
+        if H.image_channels != 3:
+            raise ConfigError(f'--loop upstream: {H.dataset} has {H.image_channels}-channel '
+                              'images, but upstream\'s loop handles RGB only; use --loop progcode')
     return H
 
 

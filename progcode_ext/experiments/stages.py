@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Flags that say where, how long and with which checkpoints a stage runs, not what it computes (a
 # finished stage can be extended by asking for more steps).
 RUN_CONTROL = {'save_dir', 'desc', 'num_iters', 'num_epochs', 'resume', 'overwrite', 'quiet',
-               'device', 'compile', 'port', 'iters_per_ckpt'}
+               'device', 'compile', 'port', 'iters_per_ckpt', 'iters_per_save'}
 
 
 class ExperimentError(UserError, RuntimeError):
@@ -64,11 +64,27 @@ def last_fifth_step(steps):
 
 def stage_argv(cfg, stage):
     """train.py's argv for a stage. Its own flags come after `--train_flags`, so they win (e.g. a
-    probe's --progressive_res)."""
+    probe's --progressive_res). Through upstream's loop (`--loop upstream`) the run is saved once,
+    at its end, besides the checkpoint at 4/5."""
+    control = (['--iters_per_save', str(stage.steps)] if upstream_loop(cfg) else ['--quiet'])
     return ['--hps', stage.preset, *shlex.split(cfg.train_flags), *stage.flags,
             '--iters_per_ckpt', str(last_fifth_step(stage.steps)), '--num_epochs', '100000000',
             '--save_dir', os.path.join(cfg.out, 'runs'), '--desc', stage.name,
-            '--num_iters', str(stage.steps), '--quiet']
+            '--num_iters', str(stage.steps), *control]
+
+
+def upstream_loop(cfg):
+    return getattr(cfg, 'loop', 'progcode') == 'upstream'
+
+
+def launch_command(cfg, stage, done, launcher):
+    """The command that trains a stage in a process of its own: progcode's train.py (continuing
+    exactly with --resume), or upstream's loop in the checkout (`--loop upstream`; a stage it left
+    unfinished starts again: upstream's loop cannot continue a run exactly)."""
+    if upstream_loop(cfg):
+        root = ['--vdvae_root', cfg.vdvae_root] if cfg.vdvae_root else []
+        return launcher + ['-m', 'progcode_ext.upstream', *root, *stage_argv(cfg, stage)]
+    return launcher + [os.path.join(REPO, 'train.py'), *_command(cfg, stage, done)]
 
 
 def changed_settings(folder, argv):
@@ -158,13 +174,12 @@ def _run_sequentially(cfg, plan, todo, jobs):
         order.remove((stage, done))
         _announce(stage, done)
         start = time.time()
-        argv = _command(cfg, stage, done)
-        if os.environ.get('LAUNCH'):
-            rc = subprocess.call(shlex.split(os.environ['LAUNCH'])
-                                 + [os.path.join(REPO, 'train.py')] + argv)
+        if os.environ.get('LAUNCH') or upstream_loop(cfg):
+            launcher = shlex.split(os.environ.get('LAUNCH', '')) or [sys.executable]
+            rc = subprocess.call(launch_command(cfg, stage, done, launcher))
         else:
             from vdvae.train import main
-            rc = main(argv)
+            rc = main(_command(cfg, stage, done))
         if rc != 0:
             raise ExperimentError(f'stage {stage.name} failed (exit {rc}); see '
                                   f'{run_dir(cfg, stage.name)}/log.txt')
@@ -188,9 +203,8 @@ def _run_in_parallel(cfg, plan, todo, jobs):
                 waiting.remove((stage, done))
                 _announce(stage, done, f' ({threads} thread{"s" * (threads > 1)})')
                 output = open(os.path.join(cfg.out, 'runs', f'{stage.name}.out'), 'w')
-                process = subprocess.Popen(
-                    [sys.executable, os.path.join(REPO, 'train.py')] + _command(cfg, stage, done),
-                    stdout=output, stderr=subprocess.STDOUT, env=env)
+                process = subprocess.Popen(launch_command(cfg, stage, done, [sys.executable]),
+                                           stdout=output, stderr=subprocess.STDOUT, env=env)
                 running[stage.name] = (stage, process, output, time.time())
             if not running:
                 names = ', '.join(item[0].name for item in waiting)

@@ -19,6 +19,7 @@ Not changed: the first step's lr is 0; warm-up restarts on resume; a run whose g
 above skip_threshold stops updating for good (issue 25); evaluation averages batch means.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -26,7 +27,7 @@ import torch
 
 from progcode_ext.register import add_progcode_arguments  # (importing it registers the models)
 from vdvae import data as core_data
-from vdvae.checkpoint import recover_checkpoint_set, save_checkpoint_set
+from vdvae.checkpoint import atomic_write, recover_checkpoint_set, save_checkpoint_set
 from vdvae.errors import ConfigError
 from vdvae.hps import HPARAMS_REGISTRY, unknown_name_message
 from vdvae.models import MODELS
@@ -112,6 +113,11 @@ def with_progcode_arguments(add_vae_arguments, registry):
         new.add_argument('--model', type=str, default='vdvae', choices=sorted(MODELS),
                          help="network: 'vdvae' is the checkout's own VAE; stage1, two_stage and "
                               "masked are progcode's (default: %(default)s)")
+        new.add_argument('--num_iters', type=int, default=None,
+                         help='stop after this many iterations, saved as latest (None: upstream\'s '
+                              '--num_epochs); with it each save also writes latest-state.th '
+                              '(the step) and the run folder hparams.json, as progcode\'s train.py '
+                              'does, so that progcode\'s experiments read the run')
         add_progcode_arguments(new)
         presets = parser._option_string_actions.get('--hps') or \
             parser._option_string_actions.get('--hparam_sets')
@@ -163,7 +169,39 @@ def with_progcode_datasets(set_up_data):
                               'train it with progcode\'s train.py')
         device = torch.device('cuda', H.local_rank or 0) if torch.cuda.is_available() else None
         return H, UpstreamItems(train), UpstreamItems(valid), lambda x: preprocess(x, device)
-    return set_up_data_
+
+    def set_up_data_and_run(H):
+        H, *rest = set_up_data_(H)
+        RUN.update(H=H, iteration=0)
+        if H.get('num_iters') and H.num_iters % H.iters_per_save:
+            raise ConfigError(f'--num_iters {H.num_iters} must be a multiple of --iters_per_save '
+                              f'({H.iters_per_save}), so that the run is saved where it stops')
+        if H.get('num_iters') and is_main_process():
+            write_hparams(H)
+        return (H, *rest)
+    return set_up_data_and_run
+
+
+# ------------------------------------------------------------------------------------------------
+# A run of a fixed number of iterations (--num_iters), in run folders progcode's experiments read
+
+RUN = {'H': None, 'iteration': 0}          # this process's run: its H, iterations done
+
+
+def write_hparams(H):
+    """hparams.json in the run folder (upstream's save_dir/desc), as progcode's train.py writes it."""
+    path = os.path.join(H.save_dir, 'hparams.json')
+    atomic_write(path, lambda f: f.write(json.dumps(dict(H), indent=1, sort_keys=True,
+                                                    default=str).encode()))
+
+
+def count_iteration(iteration):
+    """Called with the number of iterations done after each one (the warm-up schedule's step):
+    past --num_iters, every rank stops, the run having been saved at --num_iters."""
+    RUN['iteration'] = iteration
+    H = RUN['H']
+    if H is not None and H.get('num_iters') and iteration > H.num_iters:
+        sys.exit(0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,12 +225,15 @@ def save_model(path, vae, ema_vae, optimizer, H):
     log = os.path.join(H.save_dir, 'log.jsonl')
     if os.path.exists(log):
         files[f'{prefix}-log.jsonl'] = log
+    if H.get('num_iters'):
+        files[f'{prefix}-state.th'] = dict(step=RUN['iteration'])
     save_checkpoint_set(folder, files)
 
 
 def linear_warmup(warmup_iters):
     """Upstream's warm-up factor; warmup_iters 0 means none (upstream divides by zero)."""
     def factor(iteration):
+        count_iteration(iteration)
         if warmup_iters <= 0 or iteration > warmup_iters:
             return 1.0
         return iteration / warmup_iters
