@@ -32,11 +32,30 @@ TINY = ['--width', '16', '--zdim', '4', '--n_batch', '4', '--num_mixtures', '2',
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
 
+SUBMODULE = Path(__file__).resolve().parents[1] / 'vdvae_upstream'
+POPULATED = (SUBMODULE / 'train.py').is_file()
+CHECKOUTS = [pytest.param(STANDIN, id='standin'),
+             pytest.param(SUBMODULE, id='vdvae_upstream', marks=pytest.mark.skipif(
+                 not POPULATED, reason='the vdvae_upstream submodule is empty here (git submodule '
+                                       'update --init vdvae_upstream; this machine has no network)'))]
+
+
 @pytest.fixture
 def checkout(tmp_path):
-    """tmp/vdvae (the stand-in checkout) and tmp/images (RGB 32x32 PNGs: 24 train, 8 valid)."""
+    """tmp/vdvae (the stand-in checkout) and tmp/images (RGB 32x32 PNGs: 24 train, 8 valid). The
+    tests that train use the stand-in only: they cap its runs with STANDIN_MAX_ITERS."""
+    return make_checkout(tmp_path, STANDIN)
+
+
+@pytest.fixture(params=CHECKOUTS)
+def each_checkout(tmp_path, request):
+    """`checkout` of each checkout present: the stand-in, and the populated submodule."""
+    return make_checkout(tmp_path, request.param)
+
+
+def make_checkout(tmp_path, source):
     import imageio
-    shutil.copytree(STANDIN, tmp_path / 'vdvae')
+    shutil.copytree(source, tmp_path / 'vdvae', ignore=shutil.ignore_patterns('.git'))
     rng = np.random.RandomState(0)
     for split, n in (('train', 24), ('valid', 8)):
         (tmp_path / 'images' / split).mkdir(parents=True)
@@ -83,13 +102,17 @@ def load(path):
 # ------------------------------------------------------------------------------------------------
 # Recognising a checkout
 
-def test_recognise(checkout, tmp_path):
+def test_recognise(each_checkout, tmp_path):
+    checkout = each_checkout
     assert recognise(checkout / 'vdvae') == str(checkout / 'vdvae')
     assert recognise(checkout / 'vdvae' / 'train.py') == str(checkout / 'vdvae')
     with pytest.raises(CheckoutError, match=r'has no hps\.py.*--vdvae_root'):
         recognise(tmp_path / 'images')
-    with pytest.raises(CheckoutError, match='no upstream checkout given'):
-        recognise(None)
+    if POPULATED:                                    # then it is the default checkout
+        assert recognise(None) == str(SUBMODULE)
+    else:
+        with pytest.raises(CheckoutError, match='no upstream checkout given'):
+            recognise(None)
     vae_py = checkout / 'vdvae' / 'vae.py'
     vae_py.write_text(vae_py.read_text().replace('class VAE(', 'class Model('))
     with pytest.raises(CheckoutError, match=r'vae\.py defines no VAE'):
@@ -101,9 +124,10 @@ def test_plugin_refuses_what_it_does_not_recognise(checkout):
     proc = plugin('--hps', 'svhn_stage1', cwd=checkout / 'images', check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith('error: ') and 'vdvae is not a folder' in proc.stderr
-    env_root = run(['-m', 'progcode_ext.upstream', '--hps', 'svhn_stage1'], cwd=checkout,
-                   check=False)
-    assert env_root.returncode == 2 and 'no upstream checkout given' in env_root.stderr
+    if not POPULATED:                                # (else the submodule is the default)
+        env_root = run(['-m', 'progcode_ext.upstream', '--hps', 'svhn_stage1'], cwd=checkout,
+                       check=False)
+        assert env_root.returncode == 2 and 'no upstream checkout given' in env_root.stderr
     data_py = checkout / 'vdvae' / 'data.py'
     data_py.write_text('import progcode_absent_module\n' + data_py.read_text())
     proc = plugin('--hps', 'svhn_stage1', cwd=checkout, check=False)
@@ -330,7 +354,8 @@ def test_mpiexec_two_ranks(checkout):
 # ------------------------------------------------------------------------------------------------
 # The patcher
 
-def test_patcher_apply_dry_run_revert(checkout, capsys):
+def test_patcher_apply_dry_run_revert(each_checkout, capsys):
+    checkout = each_checkout
     train_py = checkout / 'vdvae' / 'train.py'
     original = train_py.read_bytes()
     diff = patch(checkout / 'vdvae', 'apply', dry_run=True)
@@ -351,7 +376,8 @@ def test_patcher_apply_dry_run_revert(checkout, capsys):
     assert patch(checkout / 'vdvae', 'revert') == ''
 
 
-def test_patcher_keeps_line_endings_and_future_imports(checkout):
+def test_patcher_keeps_line_endings_and_future_imports(each_checkout):
+    checkout = each_checkout
     train_py = checkout / 'vdvae' / 'train.py'
     text = train_py.read_text().replace('\nimport os\n', '\nfrom __future__ import annotations\nimport os\n', 1)
     original = text.replace('\n', '\r\n').encode()
@@ -366,7 +392,8 @@ def test_patcher_keeps_line_endings_and_future_imports(checkout):
 
 
 @pytest.mark.slow
-def test_patcher_refuses(checkout, capsys):
+def test_patcher_refuses(each_checkout, capsys):
+    checkout = each_checkout
     assert patcher_main(['apply', str(checkout / 'images')]) == 2
     assert 'error:' in capsys.readouterr().err
     train_py = checkout / 'vdvae' / 'train.py'
