@@ -7,6 +7,14 @@ offline stand-ins mnist16, the toy protocol's, and mnist5k):
   X_stage2        progressive two-stage HVAE: stage 1 frozen (--stage1_path), stage 2 by ELBO
   X_conventional  the same two networks trained jointly by the ELBO
   X_masked        Table 1 on a trained X VDVAE (--encoder_path): --mode probe | gamma_optimal
+  X_stages        N stages (progcode_ext/multi_stage.py), progressive, one run per stage, the
+                  earlier ones frozen (--stage_paths: none for stage 1, then the runs before);
+                  N - 1 = the number of --distortion_targets (default: lambda alone, N = 2)
+  X_stage3        three stages (progcode_ext/multi_stage.py), progressive: coarse (4 lambda),
+                  medium (lambda), then the likelihood; one run per stage, the earlier ones frozen
+                  (--stage_paths: none for stage 1, stage 1's run for stage 2, both for stage 3).
+                  The coarse target 4 lambda is ours: the paper has no third stage
+  X_stage3_conventional  the same three networks trained jointly by the ELBO
 The paper's presets keep the paper's values (A.5's multiplier: lr 2e-4, moving average 0.99; K at
 image size / 8). The toy's choices are ours (no paper number exists for them):
 * distortion target 0.0064 for mnist16, by Section 5.2's rule (the largest target below which
@@ -50,5 +58,12 @@ for base, target in DISTORTION_TARGET.items():
     register_preset(f'{base}_conventional', dict(model='two_stage', training='conventional',
                                                  distortion_target=target, **method), parent=base)
     register_preset(f'{base}_masked', dict(model='masked', **method), parent=base)
+    register_preset(f'{base}_stages', dict(model='multi_stage', training='progressive',
+                                           distortion_target=target, **method), parent=base)
+    three = dict(model='multi_stage', distortion_target=target,
+                 distortion_targets=f'{4 * target:g},{target:g}', **method)
+    register_preset(f'{base}_stage3', dict(three, training='progressive'), parent=base)
+    register_preset(f'{base}_stage3_conventional', dict(three, training='conventional'),
+                    parent=base)
 for base in UPSTREAM:
     register_preset(f'{base}_masked', dict(model='masked'), parent=base)

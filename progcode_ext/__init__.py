@@ -8,6 +8,7 @@ Progressive Coding", as extensions of the VDVAE core in `vdvae/`:
   masked.py         MaskedDecoder, the D_K probe and gamma-optimal training (A.2, Table 1)
   stage2.py         the conditional U-Net VDVAE (A.4)
   two_stage.py      the full two-stage HVAE, progressive or conventional (Section 5.1, Table 2)
+  multi_stage.py    N stages: stage 1, lambda-optimal conditional middle stages, the likelihood
   register.py       flags and models, registered into the core
 Presets live in `hps_overrides/`.
 """

@@ -29,7 +29,19 @@ def add_progcode_arguments(parser):
     a('--stage1_path', type=str, default=None,
       help=_d('stage 2 (progressive): the stage-1 run folder or checkpoint'))
     a('--training', choices=('progressive', 'conventional'), default='progressive',
-      help=_d('two_stage: stage 1 frozen (progressive) or both by the joint ELBO'))
+      help=_d('two_stage, multi_stage: earlier stages frozen (progressive) or all by the joint '
+              'ELBO'))
+    a('--distortion_targets', type=str, default=None,
+      help=_d('multi_stage: lambda_1,...,lambda_{N-1}, decreasing, for N stages; none: '
+              '--distortion_target alone (2 stages, the two-stage model)'))
+    a('--stage_paths', type=str, default=None,
+      help=_d('multi_stage (progressive): the runs (folders or checkpoints) of stages 1..K-1, '
+              'comma-separated, frozen; this run trains stage K; none: stage 1'))
+    a('--stage_widths', type=str, default=None,
+      help=_d('multi_stage: the width of each stage, comma-separated; none: --width for all'))
+    a('--stage_temperatures', type=str, default=None,
+      help=_d('multi_stage: the sampling temperature of each stage, comma-separated; none: '
+              'the sampler\'s --t for every stage'))
     a('--encoder_path', type=str, default=None,
       help=_d('masked: the trained VDVAE checkpoint (ours or upstream official)'))
     a('--mode', choices=('probe', 'gamma_optimal'), default='probe',
@@ -57,6 +69,12 @@ def check_progressive_res(H):
                               f'(image size / 8), got {res}')
 
 
+@register_check
+def check_stage_flags(H):
+    from .multi_stage import check_multi_stage_flags
+    check_multi_stage_flags(H)
+
+
 def _build_masked(H):
     from .masked import MaskedVAE, ProbeVAE
     return ProbeVAE(H) if H.mode == 'probe' else MaskedVAE(H)
@@ -72,6 +90,12 @@ def _build_two_stage(H):
     return TwoStageHVAE(H)
 
 
+def _build_multi_stage(H):
+    from .multi_stage import MultiStageHVAE
+    return MultiStageHVAE(H)
+
+
 register_model('stage1', _build_stage1)
+register_model('multi_stage', _build_multi_stage)
 register_model('two_stage', _build_two_stage)
 register_model('masked', _build_masked)

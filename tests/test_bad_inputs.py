@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from progcode_ext.experiments import lpips_vs_mse, profile, rd_curve, table1, table2
+from progcode_ext.experiments import lpips_vs_mse, profile, rd_curve, stages, table1, table2
 from progcode_ext.upstream import __main__ as upstream_main
 from progcode_ext.upstream import patcher
 from vdvae import __main__ as cli
@@ -214,6 +214,17 @@ RUN_CASES = [
                                                                   '{root}/nothing']), 'nothing'),
     ('stage2 stage1 of a VDVAE', dict(preset='mnist16_stage2', args=['--stage1_path', '{run}']),
      'latest-model-ema.th'),
+    ('stages targets increase', dict(preset='mnist16_stage3', args=['--distortion_targets',
+                                                                    '0.01,0.02']),
+     '--distortion_targets'),
+    ('stages widths per stage', dict(preset='mnist16_stage3', args=['--stage_widths', '8,8']),
+     '--stage_widths'),
+    ('stages path missing', dict(preset='mnist16_stage3', args=['--stage_paths',
+                                                                '{root}/nothing']), 'nothing'),
+    ('stages path of a VDVAE', dict(preset='mnist16_stage3', args=['--stage_paths', '{run}']),
+     'latest-model-ema.th'),
+    ('stages conventional with paths', dict(preset='mnist16_stage3_conventional',
+                                            args=['--stage_paths', '{run}']), '--stage_paths'),
     ('masked without encoder', dict(preset='mnist16_masked', args=[]), '--encoder_path'),
     ('masked encoder other arch', dict(preset='mnist16_masked', args=['--encoder_path',
                                                                       '{other}']), 'other-arch'),
@@ -320,6 +331,8 @@ EXPERIMENT_CASES = [
     ('table1 dataset missing', table1, ['--train_flags', ' '.join(TINY_FLAGS) + ' --dataset svhn '
                                         '--image_size 16 --data_root {root}/no-svhn'], 'no-svhn'),
     ('table2 out is a file', table2, ['--out', '{text}'], 'notes.txt'),
+    ('stages one target', stages, ['--distortion_targets', '0.01'], '--distortion_targets'),
+    ('stages targets text', stages, ['--distortion_targets', 'a,b'], '--distortion_targets'),
 ]
 
 

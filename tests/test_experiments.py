@@ -8,8 +8,8 @@ import os
 import pytest
 
 from progcode_ext.experiments import (common, convergence, demo, lpips_vs_mse, profile, rd_curve,
-                                      stages, table1, table2)
-from progcode_ext.experiments.stages import Stage
+                                      runs, stages, table1, table2)
+from progcode_ext.experiments.runs import Stage
 
 
 @pytest.fixture(scope='module')
@@ -83,6 +83,61 @@ def test_experiments_end_to_end(cfg, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+def test_two_against_three_stages(cfg, capsys):
+    cfg.distortion_targets, n_images = None, cfg.n_images
+    cfg.n_images = 4
+    try:
+        res = stages.run(cfg)
+    finally:
+        cfg.n_images = n_images
+    written(os.path.join(cfg.out, 'stages'), 'report.md', 'staircase.png', 'reconstructions-2.png',
+            'reconstructions-3.png', 'samples-2.png', 'samples-3.png')
+    assert res['targets'] == {2: [0.0064], 3: [0.0256, 0.0064]}
+    row = res['rows'][0]
+    assert row[2]['widths'] == [32, 32] and row[3]['widths'] == [27, 27, 27]
+    assert abs(row[3]['parameters'] / row[2]['parameters'] - 1) < 0.01
+    for n in (2, 3):            # one point per stage; the rate only grows along the code
+        assert len(row[n]['rates']) == len(row[n]['mses']) == n
+        assert all(a <= b for a, b in zip(row[n]['rates'], row[n]['rates'][1:]))
+        assert row[n]['rate_at_lambda'] == row[n]['rates'][n - 2]
+    # 5 steps cannot converge: every finding is inconclusive; each stage of each chain is checked
+    assert {res[k] for k in ('elbo_better', 'sample_metric_better',
+                             'rate_at_lambda_higher')} == {'inconclusive'}
+    assert [c.model for c in res['checks']] == ['stages2-s1-seed0', 'stages2-s2-seed0',
+                                                   'stages3-s1-seed0', 'stages3-s2-seed0',
+                                                   'stages3-s3-seed0']
+    report = open(os.path.join(cfg.out, 'stages', 'report.md')).read()
+    assert 'not FID' in report and '| 3 stages | 0.0256, 0.0064 | 27, 27, 27 |' in report
+    capsys.readouterr()
+    runs.run_stages(cfg, stages.stages(cfg))
+    assert 'training' not in capsys.readouterr().out
+
+
+def test_stage_chains_match_parameters(cfg):
+    cfg.distortion_targets = '0.04,0.02,0.01'
+    try:
+        assert stages.chain_targets(cfg) == {2: [0.01], 4: [0.04, 0.02, 0.01]}
+        widths = stages.chain_widths(cfg)
+        two = stages.parameter_count(cfg, [0.01], widths[2])
+        four = stages.parameter_count(cfg, [0.04, 0.02, 0.01], widths[4])
+        assert widths[2] == [32, 32] and len(set(widths[4])) == 1 and widths[4][0] < 32
+        for w in {widths[4][0] - 1, widths[4][0] + 1}:     # no common width is closer
+            other = stages.parameter_count(cfg, [0.04, 0.02, 0.01], [w] * 4)
+            assert abs(other - two) >= abs(four - two)
+        plan = stages.stages(cfg)
+        assert [s.name for s in plan[:6]] == ['stages2-s1-seed0', 'stages2-s2-seed0'] + [
+            f'stages4-s{k}-seed0' for k in (1, 2, 3, 4)]
+        last = plan[5]
+        assert last.after == ('stages4-s1-seed0', 'stages4-s2-seed0', 'stages4-s3-seed0')
+        assert any(f.startswith('--stage_paths=') and f.count(',') == 2 for f in last.flags)
+        cfg.distortion_targets = '0.01'
+        with pytest.raises(common.ConfigError, match='at least two targets'):
+            stages.chain_targets(cfg)
+    finally:
+        cfg.distortion_targets = None
+
+
+@pytest.mark.slow
 def test_demo_report_names_each_claim_and_the_failed_checks(cfg):
     results = dict(table1=table1.report(cfg), rd_curve=rd_curve.report(cfg),
                    lpips_vs_mse=lpips_vs_mse.report(cfg), table2=table2.report(cfg))
@@ -105,7 +160,7 @@ def test_without_weights_and_without_standin_the_error_names_the_file(cfg, capsy
 def test_profile_of_a_trained_checkpoint(cfg):
     ckpt = os.path.join(cfg.out, 'runs', 'vdvae-seed0', 'latest-model-ema.th')
     if not os.path.exists(ckpt):
-        stages.run_stages(cfg, table1.stages(cfg)[:1])
+        runs.run_stages(cfg, table1.stages(cfg)[:1])
     cfg.checkpoint, cfg.probe_steps = ckpt, 2
     try:
         rows = profile.run(cfg)
@@ -120,11 +175,11 @@ def test_profile_of_a_trained_checkpoint(cfg):
 
 def test_a_finished_stage_with_other_settings_is_not_reused(cfg):
     vdvae = table1.stages(cfg)[0]
-    stages.run_stages(cfg, [vdvae])
-    assert stages.run_stages(cfg, [vdvae])[vdvae.name].endswith('vdvae-seed0')
+    runs.run_stages(cfg, [vdvae])
+    assert runs.run_stages(cfg, [vdvae])[vdvae.name].endswith('vdvae-seed0')
     changed = Stage(vdvae.name, vdvae.preset, vdvae.steps, vdvae.flags + ('--lr', '0.5'))
     with pytest.raises(common.ExperimentError, match=r"lr: [0-9.e-]+ -> 0\.5.*use another --out"):
-        stages.run_stages(cfg, [changed])
+        runs.run_stages(cfg, [changed])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,7 +192,7 @@ def test_parallel_stages_respect_dependencies_and_train_in_subprocesses(cfg, tmp
     plan = [Stage('a', 'mnist16_stage1', 5), Stage('b', 'mnist16', 5),
             Stage('c', 'mnist16_stage2', 5, (f"--stage1_path={tmp_path / 'runs' / 'a'}",),
                   after=('a',))]
-    folders = stages.run_stages(cfg2, plan)
+    folders = runs.run_stages(cfg2, plan)
     for name in 'abc':
         assert common.run_steps(folders[name]) == 5
         assert os.path.exists(os.path.join(folders[name], 'iter-4-model-ema.th'))  # 4/5 of 5
@@ -150,20 +205,20 @@ def test_a_failed_parallel_stage_is_one_clear_error(tmp_path):
     cfg = demo.config(str(tmp_path), 'quick', jobs=2)
     plan = [Stage('bad', 'mnist16', 5, ('--width', 'wide'))]
     with pytest.raises(common.ExperimentError, match=r"stage bad failed \(exit 2\).*width"):
-        stages.run_stages(cfg, plan)
+        runs.run_stages(cfg, plan)
 
 
 def test_plan_checks_and_critical_path():
     a, b = Stage('a', 'p', 10), Stage('b', 'p', 10, cost=3.0)
     c = Stage('c', 'p', 100, after=('a',))
-    assert stages.check_plan([a, b, c, a]) == [a, b, c]
+    assert runs.check_plan([a, b, c, a]) == [a, b, c]
     with pytest.raises(common.ExperimentError, match="two different stages are named 'a'"):
-        stages.check_plan([a, Stage('a', 'p', 11)])
+        runs.check_plan([a, Stage('a', 'p', 11)])
     with pytest.raises(common.ExperimentError, match='needs stage z, which is not planned'):
-        stages.check_plan([Stage('y', 'p', 1, after=('z',))])
+        runs.check_plan([Stage('y', 'p', 1, after=('z',))])
     # a waits for nothing but has the longest chain behind it: it goes first
-    assert stages.critical_path([a, b, c]) == {'a': 110, 'b': 30, 'c': 100}
-    assert stages.last_fifth_step(1500) == 1200 and stages.last_fifth_step(5) == 4
+    assert runs.critical_path([a, b, c]) == {'a': 110, 'b': 30, 'c': 100}
+    assert runs.last_fifth_step(1500) == 1200 and runs.last_fifth_step(5) == 4
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """progcode inside a checkout of openai/vdvae (progcode_ext/upstream, patches/).
 
-The checkout here is the STAND-IN in tests/upstream_standin: upstream's module names, entry points
-and dependencies (CUDA, NCCL, MPI, apex) written from ../shared/spec/vdvae_upstream.md, not
-upstream code. It is copied into a folder named `vdvae`, as `git clone` names it. Installing the
-plugin changes torch for its process (the CPU substitutes), so every run is a subprocess.
+Each test that needs a checkout runs on each one present: the STAND-IN in tests/upstream_standin
+(upstream's module names, entry points and dependencies (CUDA, NCCL, MPI, apex) written from
+../shared/spec/vdvae_upstream.md, not upstream code) always, and the vdvae_upstream submodule when
+it is populated. The checkout is copied into a folder named `vdvae`, as `git clone` names it.
+Installing the plugin changes torch for its process (the CPU substitutes), so every run is a
+subprocess. Runs stop as they would in the real upstream: by the plugin's --num_iters.
 """
+import importlib.util
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -27,8 +31,9 @@ PATCHER = Path(__file__).parents[1] / 'patches' / 'upstream_hook.py'
 TINY = ['--width', '16', '--zdim', '4', '--n_batch', '4', '--num_mixtures', '2',
         '--dec_blocks', '1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1',
         '--enc_blocks', '32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1',
-        '--iters_per_save', '2', '--iters_per_print', '1', '--num_images_visualize', '2',
+        '--iters_per_print', '1', '--num_images_visualize', '2',
         '--num_variables_visualize', '1', '--num_temperatures_visualize', '1']
+# every checkout is stopped as the real upstream is, by the plug-in's --num_iters
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
 
@@ -36,21 +41,39 @@ SUBMODULE = Path(__file__).resolve().parents[1] / 'vdvae_upstream'
 POPULATED = (SUBMODULE / 'train.py').is_file()
 CHECKOUTS = [pytest.param(STANDIN, id='standin'),
              pytest.param(SUBMODULE, id='vdvae_upstream', marks=pytest.mark.skipif(
-                 not POPULATED, reason='the vdvae_upstream submodule is empty here (git submodule '
-                                       'update --init vdvae_upstream; this machine has no network)'))]
+                 not POPULATED, reason='the vdvae_upstream submodule is empty here (git '
+                                       'submodule update --init vdvae_upstream; this machine has '
+                                       'no network)'))]
+# what upstream's data.py imports besides torch and NumPy (the stand-in's imports scikit-learn only)
+UPSTREAM_IMPORTS = ('sklearn', 'torchvision')
 
 
-@pytest.fixture
-def checkout(tmp_path):
-    """tmp/vdvae (the stand-in checkout) and tmp/images (RGB 32x32 PNGs: 24 train, 8 valid). The
-    tests that train use the stand-in only: they cap its runs with STANDIN_MAX_ITERS."""
-    return make_checkout(tmp_path, STANDIN)
+def stop_at(num_iters):
+    """Flags that stop a run of upstream's loop (it runs for num_epochs otherwise): the plugin's
+    --num_iters, with --iters_per_save the same. A fresh run logs train_loss at steps
+    0..num_iters-1 and saves `latest` after num_iters updates (logging that step's repeat record);
+    every rank then exits with status 0 in the next iteration, after its update, before it logs or
+    saves anything."""
+    return ['--num_iters', str(num_iters), '--iters_per_save', str(num_iters)]
 
 
 @pytest.fixture(params=CHECKOUTS)
 def each_checkout(tmp_path, request):
-    """`checkout` of each checkout present: the stand-in, and the populated submodule."""
+    """tmp/vdvae (a copy of a checkout) and tmp/images (RGB 32x32 PNGs: 24 train, 8 valid), for
+    each checkout present: the stand-in, and the submodule when populated."""
     return make_checkout(tmp_path, request.param)
+
+
+@pytest.fixture
+def each_runnable_checkout(each_checkout, request):
+    """`each_checkout`, for tests that import the checkout's modules: the submodule's data.py
+    also imports torchvision, which the stand-in does not."""
+    if request.node.callspec.params['each_checkout'] == SUBMODULE:
+        missing = [m for m in UPSTREAM_IMPORTS if importlib.util.find_spec(m) is None]
+        if missing:
+            pytest.skip(f'upstream\'s data.py imports {", ".join(missing)}, not installed here '
+                        '(pip install scikit-learn torchvision)')
+    return each_checkout
 
 
 def make_checkout(tmp_path, source):
@@ -65,10 +88,10 @@ def make_checkout(tmp_path, source):
     return tmp_path
 
 
-def run(args, cwd, max_iters=3, check=True, launcher=()):
-    """A subprocess (`args` after the interpreter) with the stand-in's iteration cap."""
+def run(args, cwd, check=True, launcher=()):
+    """A subprocess (`args` after the interpreter). A run of upstream's loop needs `stop_at`."""
     proc = subprocess.run([*launcher, sys.executable, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=dict(ENV, STANDIN_MAX_ITERS=str(max_iters)))
+                          text=True, timeout=300, env=ENV)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -78,12 +101,14 @@ def plugin(*args, **kwargs):
     return run(['-m', 'progcode_ext.upstream', '--vdvae_root', 'vdvae', *args], **kwargs)
 
 
-def records(run_dir, kind='train_loss'):
+def records(run_dir, kind='train_loss', repeats=False):
     """The log's records of `kind`. Upstream's loop (and so the stand-in) logs a second train_loss
     record at each save step, after the step count went up and before the next update: the same
-    statistics again under the next step number. Those repeats are left out."""
+    statistics again under the next step number. Those repeats are left out (unless `repeats`)."""
     with open(Path(run_dir) / 'log.jsonl') as f:
         found = [r for r in map(json.loads, f) if r.get('type') == kind]
+    if repeats:
+        return found
     out = []
     for r in found:
         if not (out and _without_step(r) == _without_step(out[-1])):
@@ -92,7 +117,9 @@ def records(run_dir, kind='train_loss'):
 
 
 def _without_step(record):
-    return {k: v for k, v in record.items() if k not in ('step', 'time')}
+    """The record's statistics: not its step or time, nor lr (the spec does not say whether the
+    save step's record has one)."""
+    return {k: v for k, v in record.items() if k not in ('step', 'time', 'lr')}
 
 
 def load(path):
@@ -120,7 +147,8 @@ def test_recognise(each_checkout, tmp_path):
 
 
 @pytest.mark.slow
-def test_plugin_refuses_what_it_does_not_recognise(checkout):
+def test_plugin_refuses_what_it_does_not_recognise(each_checkout):
+    checkout = each_checkout
     proc = plugin('--hps', 'svhn_stage1', cwd=checkout / 'images', check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith('error: ') and 'vdvae is not a folder' in proc.stderr
@@ -155,7 +183,8 @@ REGISTRATION = textwrap.dedent('''
 
     def parse(*argv):
         H = hps.Hyperparams()
-        hps.parse_args_and_update_hparams(H, hps.add_vae_arguments(argparse.ArgumentParser()), list(argv))
+        parser = hps.add_vae_arguments(argparse.ArgumentParser())
+        hps.parse_args_and_update_hparams(H, parser, list(argv))
         return H
     H = parse('--hps', 'svhn_stage1', '--distortion_target', '0.01', *sys.argv[1:])
     assert (H.model, H.distortion_target, H.dataset, H.warmup_iters) == ('stage1', 0.01, 'svhn', 0)
@@ -209,7 +238,8 @@ REGISTRATION = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_registration_model_swap_and_fixes(checkout):
+def test_registration_model_swap_and_fixes(each_runnable_checkout):
+    checkout = each_runnable_checkout
     script = checkout / 'check_registration.py'
     script.write_text(REGISTRATION)
     proc = run([str(script)], cwd=checkout)
@@ -223,7 +253,8 @@ def test_sample_grid_gives_stage2_the_unclamped_x_hat_of_training():
     from vdvae import get_hparams
     from vdvae.models import build_model
     from progcode_ext.upstream.interface import with_upstream_interface
-    arch = dict(width=16, zdim=4, num_mixtures=2, enc_blocks='32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1',
+    arch = dict(width=16, zdim=4, num_mixtures=2,
+                enc_blocks='32x1,32d2,16x1,16d2,8x1,8d2,4x1,4d4,1x1',
                 dec_blocks='1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1')
     torch.manual_seed(0)
     model = with_upstream_interface(build_model(get_hparams('mnist5k_conventional', **arch)))
@@ -252,49 +283,57 @@ def test_sample_grid_gives_stage2_the_unclamped_x_hat_of_training():
 # Training through upstream's loop
 
 @pytest.mark.slow
-def test_progressive_coding_under_upstreams_loop(checkout):
-    """Stage 1 by the plugin's command (3 steps), resumed by upstream's restore flags, then stage 2
+def test_progressive_coding_under_upstreams_loop(each_runnable_checkout):
+    """Stage 1 by the plugin's command (2 steps), resumed by upstream's restore flags, then stage 2
     by the patched train.py; the multiplier survives the checkpoint, stage 1 stays bit-identical."""
+    checkout = each_runnable_checkout
     runs = checkout / 'runs'
     common = [*TINY, '--dataset', 'imagefolder', '--data_root', str(checkout / 'images'),
               '--save_dir', str(runs)]
     # D (about 0.45) is below this target, so eta falls, and fast at this multiplier learning rate
     eta_flags = ['--distortion_target', '2.0', '--eta_lr', '0.05', '--eta_ema_rate', '0.5']
-    plugin('--hps', 'svhn_stage1', *eta_flags, *common, '--desc', 'stage1', cwd=checkout)
+    plugin('--hps', 'svhn_stage1', *eta_flags, *common, *stop_at(2), '--desc', 'stage1',
+           cwd=checkout)
     s1 = runs / 'stage1'
     log = records(s1)
-    assert [r['step'] for r in log] == [0, 1, 2]
+    assert [r['step'] for r in log] == [0, 1]
+    # the save at step 2 logged step 1's statistics again, under step 2
+    assert [r['step'] for r in records(s1, repeats=True)] == [0, 1, 2]
     assert all(r['skipped_updates'] == 0 and r['lr'] == 2e-4 for r in log)   # warmup_iters 0
     etas = [r['eta'] for r in log]
-    assert etas[0] == pytest.approx(0.9999) and etas[0] > etas[1] > etas[2]
-    assert log[0]['elbo'] == pytest.approx((1 - etas[0]) * log[0]['rate'] + etas[0] * log[0]['distortion'],
-                                           rel=1e-4)
+    assert etas[0] == pytest.approx(0.9999) and etas[0] > etas[1]
+    assert log[0]['elbo'] == pytest.approx(
+        (1 - etas[0]) * log[0]['rate'] + etas[0] * log[0]['distortion'], rel=1e-4)
     model, ema = load(s1 / 'latest-model.th'), load(s1 / 'latest-model-ema.th')
     eta_saved = float(model['module.objective.multiplier.eta'])       # after 2 updates
-    assert eta_saved == pytest.approx(etas[2], rel=1e-6)
+    assert eta_saved < etas[1]                  # saved after the second update, not the first
     assert float(ema['objective.multiplier.eta']) == eta_saved       # buffers copied to the EMA
-    assert sorted(p.name for p in s1.iterdir() if p.suffix == '.png') == ['samples-0.png', 'samples-1.png']
+    assert load(s1 / 'latest-state.th') == {'step': 2}
+    assert sorted(p.name for p in s1.glob('*.png')) == ['samples-0.png', 'samples-1.png']
 
-    plugin('--hps', 'svhn_stage1', *eta_flags, *common, '--desc', 'resumed',
+    plugin('--hps', 'svhn_stage1', *eta_flags, *common, *stop_at(1), '--desc', 'resumed',
            '--restore_path', str(s1 / 'latest-model.th'),
            '--restore_ema_path', str(s1 / 'latest-model-ema.th'),
            '--restore_optimizer_path', str(s1 / 'latest-opt.th'),
-           '--restore_log_path', str(s1 / 'latest-log.jsonl'), cwd=checkout, max_iters=1)
+           '--restore_log_path', str(s1 / 'latest-log.jsonl'), cwd=checkout)
     resumed = records(runs / 'resumed')
     # upstream's load_opt resumes at the largest step in the log: the save record's, 2, the number
-    # of updates made (before the stand-in logged as upstream does, it resumed at 1)
-    assert resumed[0]['step'] == 2 and resumed[0]['eta'] == pytest.approx(eta_saved, rel=1e-6)
+    # of updates made; the multiplier there is the one saved
+    assert [r['step'] for r in resumed] == [2]
+    assert resumed[0]['eta'] == pytest.approx(eta_saved, rel=1e-6)
 
     assert patcher_main(['apply', str(checkout / 'vdvae')]) == 0
-    run(['train.py', '--hps', 'svhn_stage2', '--stage1_path', str(s1), *common, '--desc', 'stage2'],
-        cwd=checkout / 'vdvae', max_iters=2)
+    run(['train.py', '--hps', 'svhn_stage2', '--stage1_path', str(s1), *common, *stop_at(2),
+         '--desc', 'stage2'], cwd=checkout / 'vdvae')
     s2 = runs / 'stage2'
     log = records(s2)
     assert [r['step'] for r in log] == [0, 1]
     for r in log:       # 'elbo' is the joint -ELBO of the two stages
-        assert r['elbo'] == pytest.approx(r['distortion'] + r['rate_stage1'] + r['rate_stage2'], rel=1e-4)
+        assert r['elbo'] == pytest.approx(r['distortion'] + r['rate_stage1'] + r['rate_stage2'],
+                                          rel=1e-4)
     stage1 = load(s1 / 'latest-model-ema.th')
-    for name, weights in (('latest-model.th', 'module.stage1.'), ('latest-model-ema.th', 'stage1.')):
+    for name, weights in (('latest-model.th', 'module.stage1.'),
+                          ('latest-model-ema.th', 'stage1.')):
         saved = load(s2 / name)
         assert saved.keys() >= {weights + k for k in stage1}
         for k, v in stage1.items():
@@ -304,13 +343,41 @@ def test_progressive_coding_under_upstreams_loop(checkout):
 
 
 @pytest.mark.slow
-def test_upstreams_own_vae_and_data_with_the_fixes(checkout):
+def test_three_stages_under_upstreams_loop(each_runnable_checkout):
+    """The N-stage model in upstream's loop: stage 1 and then the middle stage of a three-stage
+    chain (its own multiplier steps), each on the frozen runs before it."""
+    checkout = each_runnable_checkout
+    runs = checkout / 'runs'
+    common = [*TINY, '--hps', 'svhn_stage3', '--dataset', 'imagefolder', '--data_root',
+              str(checkout / 'images'), '--save_dir', str(runs), '--distortion_targets', '4,2',
+              '--eta_lr', '0.05', '--eta_ema_rate', '0.5', *stop_at(2)]
+    plugin(*common, '--desc', 's1', cwd=checkout)
+    plugin(*common, '--desc', 's2', '--stage_paths', str(runs / 's1'), cwd=checkout)
+    log = records(runs / 's2')
+    assert [r['step'] for r in log] == [0, 1] and log[1]['eta'] < log[0]['eta']
+    assert {'rate_stage1', 'rate_stage2', 'mse_stage2', 'psnr'} <= set(log[0])
+    s1, s2 = load(runs / 's1' / 'latest-model-ema.th'), load(runs / 's2' / 'latest-model-ema.th')
+    assert s1.keys() and all(torch.equal(s2[k], v) for k, v in s1.items())   # stage 1 frozen
+    assert int(s2['stage2.objective.multiplier.steps']) == 2             # one step per update
+    assert 'stage1.objective.multiplier.steps' in s2 and not any(k.startswith('stage3') for k in s2)
+
+
+@pytest.mark.slow
+def test_upstreams_own_vae_and_data_with_the_fixes(each_runnable_checkout):
     """--model vdvae keeps the checkout's VAE and its cifar10 loader (the np.vstack fix), with
     warmup_iters 0 (the division fix); checkpoints are upstream's files, written as one set."""
-    write_cifar(checkout / 'cifar')
+    checkout = each_runnable_checkout
+    # upstream holds out 5000 training images for validation (the stand-in a fifth, at most 5000):
+    # 5060 leave it 60, 15 iterations an epoch, so no evaluation in these runs; labels 0..9
+    write_cifar(checkout / 'cifar', n_per_batch=1012)
+    for batch in (checkout / 'cifar' / 'cifar-10-batches-py').iterdir():
+        content = pickle.loads(batch.read_bytes())
+        content[b'labels'] = [i % 10 for i in range(len(content[b'labels']))]
+        batch.write_bytes(pickle.dumps(content, protocol=2))
     patch(checkout / 'vdvae', 'apply')          # the command also works on a hooked checkout
-    proc = plugin('--hps', 'cifar10', *TINY, '--warmup_iters', '0', '--data_root', str(checkout / 'cifar'),
-           '--save_dir', str(checkout / 'runs'), '--desc', 'vdvae', cwd=checkout, max_iters=2)
+    proc = plugin('--hps', 'cifar10', *TINY, *stop_at(2), '--warmup_iters', '0',
+                  '--data_root', str(checkout / 'cifar'), '--save_dir', str(checkout / 'runs'),
+                  '--desc', 'vdvae', cwd=checkout)
     assert proc.stderr.count('progcode: substitutes for') == 1
     run_dir = checkout / 'runs' / 'vdvae'
     log = records(run_dir)
@@ -319,14 +386,16 @@ def test_upstreams_own_vae_and_data_with_the_fixes(checkout):
     model = load(run_dir / 'latest-model.th')
     assert all(k.startswith('module.') for k in model) and 'module.decoder.gain' in model
     assert {p.name for p in run_dir.iterdir()} >= {'latest-model.th', 'latest-model-ema.th',
-                                                  'latest-opt.th', 'latest-log.jsonl'}
+                                                  'latest-opt.th', 'latest-log.jsonl',
+                                                  'latest-state.th', 'hparams.json'}
+    assert load(run_dir / 'latest-state.th') == {'step': 2}
     assert not [p for p in run_dir.iterdir() if p.name.endswith('.pending')]
 
     # the D_K probe of Table 1 on that upstream-format file (DDP keys), in upstream's loop (DDP
     # over a model with unused parameters)
     plugin('--hps', 'cifar10_masked', '--encoder_path', str(run_dir / 'latest-model.th'), *TINY,
-           '--data_root', str(checkout / 'cifar'), '--save_dir', str(checkout / 'runs'),
-           '--desc', 'probe', cwd=checkout, max_iters=2)
+           *stop_at(2), '--data_root', str(checkout / 'cifar'),
+           '--save_dir', str(checkout / 'runs'), '--desc', 'probe', cwd=checkout)
     probe = records(checkout / 'runs' / 'probe')
     assert [r['step'] for r in probe] == [0, 1] and all(r['elbo'] == r['distortion'] for r in probe)
     saved = load(checkout / 'runs' / 'probe' / 'latest-model-ema.th')
@@ -335,20 +404,29 @@ def test_upstreams_own_vae_and_data_with_the_fixes(checkout):
 
 
 @pytest.mark.slow
-def test_mpiexec_two_ranks(checkout):
-    """Upstream's launcher: two MPI ranks (gloo on the CPU) keep one multiplier."""
+def test_mpiexec_two_ranks(each_runnable_checkout):
+    """Upstream's launcher: two MPI ranks (gloo on the CPU) keep one multiplier, and both stop at
+    --num_iters."""
+    checkout = each_runnable_checkout
     mpiexec = Path(sys.executable).with_name('mpiexec')
     if not mpiexec.exists():
         pytest.skip('mpiexec not installed (pip install mpi4py mpich, as .ci/run does)')
-    plugin('--hps', 'svhn_stage1', *TINY, '--distortion_target', '2.0', '--eta_lr', '0.05',
+    # --iters_per_ckpt 1: the checkpoint after the first update, whose multiplier step 1 logged
+    plugin('--hps', 'svhn_stage1', *TINY, *stop_at(2), '--iters_per_ckpt', '1',
+           '--distortion_target', '2.0', '--eta_lr', '0.05',
            '--dataset', 'imagefolder', '--data_root', str(checkout / 'images'),
            '--save_dir', str(checkout / 'runs'), '--desc', 'mpi', '--port', '29617',
            cwd=checkout, launcher=(str(mpiexec), '-n', '2'))
-    assert {r['key']: r['value'] for r in records(checkout / 'runs' / 'mpi', 'hparam')}['mpi_size'] == 2
-    log = records(checkout / 'runs' / 'mpi')
-    assert [r['step'] for r in log] == [0, 1, 2] and log[1]['eta'] < log[0]['eta']
-    ema = load(checkout / 'runs' / 'mpi' / 'latest-model-ema.th')
-    assert float(ema['objective.multiplier.eta']) == pytest.approx(log[2]['eta'], rel=1e-6)
+    run_dir = checkout / 'runs' / 'mpi'
+    assert {r['key']: r['value'] for r in records(run_dir, 'hparam')}['mpi_size'] == 2
+    log = records(run_dir)
+    assert [r['step'] for r in log] == [0, 1] and log[1]['eta'] < log[0]['eta']
+    # the logged eta is the mean over the ranks; rank 0's own equals it
+    ema = load(run_dir / 'iter-1-model-ema.th')
+    assert float(ema['objective.multiplier.eta']) == pytest.approx(log[1]['eta'], rel=1e-6)
+    assert load(run_dir / 'latest-state.th') == {'step': 2}
+    assert sorted(p.name for p in run_dir.glob('iter-*-model.th')) == ['iter-1-model.th',
+                                                                       'iter-2-model.th']
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,7 +438,8 @@ def test_patcher_apply_dry_run_revert(each_checkout, capsys):
     original = train_py.read_bytes()
     diff = patch(checkout / 'vdvae', 'apply', dry_run=True)
     assert train_py.read_bytes() == original                        # dry run: nothing written
-    added = [line[1:] for line in diff.splitlines() if line.startswith('+') and not line.startswith('+++')]
+    added = [line[1:] for line in diff.splitlines()
+             if line.startswith('+') and not line.startswith('+++')]
     assert added[0] == BEGIN and '_progcode_install(__file__)' in added
     assert patch(checkout / 'vdvae', 'apply') == diff
     lines = train_py.read_text().splitlines()
@@ -379,7 +458,8 @@ def test_patcher_apply_dry_run_revert(each_checkout, capsys):
 def test_patcher_keeps_line_endings_and_future_imports(each_checkout):
     checkout = each_checkout
     train_py = checkout / 'vdvae' / 'train.py'
-    text = train_py.read_text().replace('\nimport os\n', '\nfrom __future__ import annotations\nimport os\n', 1)
+    text = train_py.read_text().replace(
+        '\nimport os\n', '\nfrom __future__ import annotations\nimport os\n', 1)
     original = text.replace('\n', '\r\n').encode()
     train_py.write_bytes(original)
     patch(checkout / 'vdvae', 'apply')
@@ -410,20 +490,19 @@ def test_patcher_refuses(each_checkout, capsys):
 
 
 @pytest.mark.slow
-def test_an_experiment_through_upstreams_loop_writes_the_same_run_folders(checkout, monkeypatch):
-    """`--loop upstream`: the stage trains in upstream's loop (the stand-in, without its iteration
-    cap: --num_iters stops it), and the experiment reads its run as one of train.py's."""
+def test_an_experiment_through_upstreams_loop_writes_the_same_run_folders(each_runnable_checkout,
+                                                                          monkeypatch):
+    """`--loop upstream`: the stage trains in upstream's loop (--num_iters stops it), and the
+    experiment reads its run as one of train.py's."""
     from progcode_ext.experiments import rd_curve
+    checkout = each_runnable_checkout
     monkeypatch.chdir(checkout)
-    monkeypatch.delenv('STANDIN_MAX_ITERS', raising=False)
-    i = TINY.index('--iters_per_save')
-    flags = TINY[:i] + TINY[i + 2:]                  # the experiment sets it
     out = checkout / 'exp'
-    assert rd_curve.main(['--hps', 'svhn', '--out', str(out), '--steps', '5', '--targets', '0.05',
-                          '--loop', 'upstream', '--vdvae_root', str(checkout / 'vdvae'),
-                          '--train_flags', ' '.join(flags + ['--dataset', 'imagefolder',
-                                                             '--data_root',
-                                                             str(checkout / 'images')])]) == 0
+    argv = ['--hps', 'svhn', '--out', str(out), '--steps', '5', '--targets', '0.05',
+            '--loop', 'upstream', '--vdvae_root', str(checkout / 'vdvae'),
+            '--train_flags', ' '.join(TINY + ['--dataset', 'imagefolder',     # it sets the stop
+                                              '--data_root', str(checkout / 'images')])]
+    assert rd_curve.main(argv) == 0
     run_dir = out / 'runs' / 'stage1-0.05-seed0'
     assert load(run_dir / 'latest-state.th')['step'] == 5                 # stopped at --num_iters
     assert load(run_dir / 'iter-4-state.th')['step'] == 4                 # and kept its 4/5 point
@@ -432,10 +511,8 @@ def test_an_experiment_through_upstreams_loop_writes_the_same_run_folders(checko
     assert [r['step'] for r in records(run_dir)] == [0, 1, 2, 3, 4]       # upstream's count, from 0
     result = json.loads((out / 'rd_curve' / 'results.json').read_text())
     assert result['rows'][0]['target'] == 0.05 and result['rows'][0]['rate'] > 0
-    # finished: a second command re-runs nothing
-    assert rd_curve.main(['--hps', 'svhn', '--out', str(out), '--steps', '5', '--targets', '0.05',
-                          '--loop', 'upstream', '--vdvae_root', str(checkout / 'vdvae'),
-                          '--train_flags', ' '.join(flags + ['--dataset', 'imagefolder',
-                                                             '--data_root',
-                                                             str(checkout / 'images')])]) == 0
+    # finished: a second command re-runs nothing (a run would append to the log)
+    log = (run_dir / 'log.jsonl').read_bytes()
+    assert rd_curve.main(argv) == 0
+    assert (run_dir / 'log.jsonl').read_bytes() == log
     assert load(run_dir / 'latest-state.th')['step'] == 5

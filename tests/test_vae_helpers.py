@@ -7,6 +7,7 @@ import torch
 from conftest import assert_close
 from vdvae.vae_helpers import (discretized_mix_logistic_loss, dmol_channels,
                                draw_gaussian_diag_samples, gaussian_analytical_kl,
+                               mean_of_discretized_mix_logistic,
                                sample_from_discretized_mix_logistic, to_uint8)
 
 
@@ -80,6 +81,28 @@ def test_dmol_one_channel_sample_and_uint8():
     assert x.shape == (2, 4, 4, 1) and x.abs().max() <= 1
     u8 = to_uint8(torch.tensor([[-1.0, 0.0, 1.0, 0.999]]))
     assert u8.tolist() == [[0, 127, 255, 254]]
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_dmol_mean_is_the_mean_of_its_samples(channels):
+    """Away from the edges (locations in [-0.2, 0.2], small scales) the clamping moves no mass,
+    so the mean must match the average of many samples, colour coefficients included."""
+    torch.manual_seed(0)
+    m = 3
+    l = torch.randn(2, 3, 3, dmol_channels(m, channels))
+    rest = l[..., m:].reshape(2, 3, 3, channels, -1)
+    rest[..., :m] = 0.2 * torch.tanh(rest[..., :m])              # locations
+    rest[..., m:2 * m] = -4.0 + 0.2 * rest[..., m:2 * m]         # log-scales
+    rest[..., 2 * m:] = 0.3 * rest[..., 2 * m:]                  # colour coefficients (RGB)
+    l = torch.cat([l[..., :m], rest.flatten(-2)], dim=-1)
+    mean = mean_of_discretized_mix_logistic(l, m, channels)
+    n = 20000
+    samples = sample_from_discretized_mix_logistic(l.repeat(n, 1, 1, 1), m, channels)
+    samples = samples.reshape(n, *mean.shape)
+    assert samples.abs().max() < 1                                # no clamping happened
+    assert mean.shape == (2, 3, 3, channels)
+    assert torch.allclose(samples.mean(0), mean, atol=0.01)
+    assert not torch.allclose(samples[0], mean, atol=0.01)     # a sample is not the mean
 
 
 def test_dmol_rejects_two_channels():

@@ -39,7 +39,8 @@ from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hpar
 from vdvae.images import write_images
 from vdvae.logger import Logger, read_jsonl
 from vdvae.models import build_model
-from vdvae.train_helpers import build_optimizer, keep_freed_memory, training_step
+from vdvae.train_helpers import (build_optimizer, copy_buffers, keep_freed_memory,
+                                 training_step)
 
 # A skipped first update is normal here (NaN batch, huge gradient); torch would warn about it.
 warnings.filterwarnings('ignore', message='Detected call of `lr_scheduler.step')
@@ -379,6 +380,7 @@ def train_loop(H, run, st):
             st.scheduler.step()
             if not stats['skipped_updates']:
                 st.vae.after_update(stats)          # e.g. the Lagrange multiplier's step
+                copy_buffers(st.vae, st.ema_vae)    # so that the EMA holds the multiplier it made
             window.append(stats)
             progress.update(step=progress['step'] + 1, batch=progress['batch'] + 1,
                             consecutive_skips=(progress['consecutive_skips'] + 1

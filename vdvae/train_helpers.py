@@ -48,10 +48,16 @@ def update_ema(model, ema_model, ema_rate):
     pairs = [(e, p.detach()) for e, p in zip(ema_model.parameters(), model.parameters())
              if p.requires_grad]
     ema_params, params = [e for e, _ in pairs], [p for _, p in pairs]
-    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)            # state such as a Lagrange multiplier: copied, not averaged
+    copy_buffers(model, ema_model)
     torch._foreach_mul_(ema_params, ema_rate)
     torch._foreach_add_(ema_params, torch._foreach_mul(params, 1.0 - ema_rate))
+
+
+@torch.no_grad()
+def copy_buffers(model, ema_model):
+    """State such as a Lagrange multiplier is copied to the EMA model, not averaged."""
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
 
 
 def keep_freed_memory():

@@ -1,5 +1,5 @@
 """What the experiment drivers share: their flags, loading and evaluating finished runs once, the
-per-seed summaries and the report files. Training stages are planned and run by `stages.py`;
+per-seed summaries and the report files. Training runs are planned and run by `runs.py`;
 convergence checks are `convergence.py`; figures are `figures.py`.
 
 Each experiment module has `stages(cfg)` (the training it needs, as `Stage`s), `report(cfg)` (its
@@ -25,7 +25,7 @@ from vdvae.models import build_model
 from vdvae.vae import VAE
 
 from .figures import as_uint8, grid, plot  # noqa: F401 (the drivers import them from here)
-from .stages import ExperimentError, last_fifth_step, run_dir, say  # noqa: F401
+from .runs import ExperimentError, last_fifth_step, run_dir, say  # noqa: F401
 
 
 def add_common_arguments(parser):

@@ -25,7 +25,7 @@ from vdvae.errors import ConfigError
 from . import convergence as cv
 from . import lpips_vs_mse, rd_curve, table1, table2
 from .common import check_inputs, machine, mean_std, parse_seeds, run_main, say
-from .stages import run_stages
+from .runs import run_stages
 
 # Periodic evaluations and image grids off (the experiments evaluate what they need, once);
 # checkpoints every 250 steps, so that an interrupted demo resumes close to where it stopped.

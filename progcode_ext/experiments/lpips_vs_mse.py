@@ -19,7 +19,7 @@ from .figures import log_axis
 from .rd_curve import add_arguments as add_rd_arguments
 from .rd_curve import parse_targets, stage1_runs
 from .rd_curve import stages  # noqa: F401 (the same stage-1 runs)
-from .stages import run_stages
+from .runs import run_stages
 
 
 def add_arguments(parser):

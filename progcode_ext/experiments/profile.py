@@ -23,7 +23,7 @@ from ..latent_groups import progressive_blocks
 from ..metrics.rd_profile import rate_per_group, rate_profile
 from .common import (default_device, evaluate_run, number, parse, plot, restore_vdvae, run_main,
                      say, subset, write_results)
-from .stages import Stage, run_dir, run_stages
+from .runs import Stage, run_dir, run_stages
 
 
 def add_arguments(parser):

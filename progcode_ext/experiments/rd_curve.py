@@ -15,7 +15,7 @@ from . import convergence as cv
 from .common import (as_uint8, check_inputs, default_device, eval_images, evaluate_run, grid,
                      load_run, parse, plot, run_main, seeded, write_results)
 from .figures import log_axis
-from .stages import Stage, run_dir, run_stages
+from .runs import Stage, run_dir, run_stages
 
 PAPER_TARGETS = '0.0512,0.0256,0.0128,0.0064,0.0032,0.0016,0.0008'
 

@@ -29,7 +29,7 @@ from .common import (as_uint8, check_inputs, check_table, default_device, eval_i
                      evaluate_last_fifth, evaluate_run, grid, load_run, mean_std, number, parse,
                      plot, restore_vdvae, run_dir, run_main, say, seeded, subset, summary,
                      write_results)
-from .stages import Stage, run_stages
+from .runs import Stage, run_stages
 
 
 def add_arguments(parser):

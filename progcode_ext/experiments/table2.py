@@ -28,7 +28,7 @@ from .common import (check_inputs, check_table, default_device, evaluate_last_fi
                      evaluate_run, grid, load_run, mean_std, metrics_cache, number, parse, plot,
                      run_main, say, seeded, summary, write_results)
 from .rd_curve import stage1_stage
-from .stages import Stage, run_dir, run_stages
+from .runs import Stage, run_dir, run_stages
 
 TRAININGS = ('conventional', 'progressive')
 
@@ -36,6 +36,11 @@ TRAININGS = ('conventional', 'progressive')
 def add_arguments(parser):
     parser.add_argument('--distortion_target', type=number(0.0, float, strict=True), default=None,
                         help="stage 1's lambda (default: the preset's, e.g. 0.0032 for svhn)")
+    add_sample_arguments(parser)
+
+
+def add_sample_arguments(parser):
+    """The sample metric's flags (also the stages experiment's)."""
     parser.add_argument('--n_samples', type=number(1), default=DEFAULT_FID_SAMPLES,
                         help='samples for the sample metric (default: %(default)s)')
     parser.add_argument('--n_reference', type=number(1), default=DEFAULT_FID_SAMPLES,

@@ -1,8 +1,9 @@
 """STAND-IN for upstream openai/vdvae's train.py, written for progcode's tests from
 ../shared/spec/vdvae_upstream.md; not upstream code.
 
-Training loop, evaluation and sample grids (spec §6.3, §6.4, §6.6, §6.7), CUDA/DDP-only as upstream.
-One stand-in-only addition: the STANDIN_MAX_ITERS environment variable stops the loop early.
+Training loop, evaluation and sample grids (spec §6.3, §6.4, §6.6, §6.7), CUDA/DDP-only as upstream:
+like upstream's, the loop stops only after num_epochs (the tests stop it with the plug-in's
+--num_iters, as they would upstream's).
 """
 import os
 import time
@@ -65,10 +66,6 @@ def train_loop(H, data_train, data_valid, preprocess_fn, vae, ema_vae, logprint)
     stats = []       # every iteration's stats, kept for the whole run (as upstream)
     iters_since_starting = 0
     H.ema_rate = torch.as_tensor(H.ema_rate).cuda()
-    # STAND-IN ONLY, not upstream (upstream stops only after num_epochs): stop after
-    # STANDIN_MAX_ITERS iterations when that environment variable is set, so tests stay short.
-    max_iters = os.environ.get('STANDIN_MAX_ITERS')
-    max_iters = int(max_iters) if max_iters else None
     for epoch in range(starting_epoch, H.num_epochs):
         train_sampler.set_epoch(epoch)
         for x in DataLoader(data_train, batch_size=H.n_batch, drop_last=True, pin_memory=True,
@@ -96,8 +93,6 @@ def train_loop(H, data_train, data_valid, preprocess_fn, vae, ema_vae, logprint)
                     save_model(fp, vae, ema_vae, optimizer, H)
             if iterate % H.iters_per_ckpt == 0 and H.rank == 0:
                 save_model(os.path.join(H.save_dir, f'iter-{iterate}'), vae, ema_vae, optimizer, H)
-            if max_iters is not None and iters_since_starting >= max_iters:   # STAND-IN ONLY
-                return
         if epoch % H.epochs_per_eval == 0:
             valid_stats = evaluate(H, ema_vae, data_valid, preprocess_fn)
             logprint(model=H.desc, type='eval_loss', epoch=epoch, step=iterate, **valid_stats)
