@@ -125,12 +125,12 @@ class MeanHeadStage(ConditionalVAE):
         self.objective = LagrangianObjective('distortion', H.distortion_target,
                                              **multiplier_kwargs(H))
 
-    def forward(self, x, x_target, x_hat, get_latents=False):
-        """Per example: {'x_hat' (its mean image, NHWC, unclamped), 'rate' (B,) nats/dim,
-        'latents'}."""
+    def forward(self, x, x_hat, get_latents=False):
+        """One posterior pass given the previous stage's x_hat: (this stage's x_hat, NHWC,
+        unclamped; per-block [{'kl', 'z'}]). It has no likelihood, so no `x_target` (unlike
+        `ConditionalVAE.forward`): its distortion is the MSE of its x_hat."""
         px_z, stats = self.posterior(x, x_hat, get_latents)
-        return dict(x_hat=self.decoder.out_net(px_z),
-                    rate=rate_per_example(stats, math.prod(x.shape[1:])), latents=stats)
+        return self.decoder.out_net(px_z), stats
 
 
 def run_file(path):
@@ -238,8 +238,8 @@ class MultiStageHVAE(Model):
                     px_z, stats = stage.decoder(stage.encoder(x), get_latents=latents)
                     terms = dict(x_hat=stage.decoder.out_net(px_z))
                 elif isinstance(stage, MeanHeadStage):
-                    px_z, stats = stage.posterior(x, x_hat, latents)
-                    terms = dict(x_hat=stage.decoder.out_net(px_z))
+                    x_hat_k, stats = stage(x, x_hat, latents)
+                    terms = dict(x_hat=x_hat_k)
                 else:
                     px_z, stats = stage.posterior(x, x_hat, latents)
                     terms = dict(px_z=px_z, x_prev=x_hat)

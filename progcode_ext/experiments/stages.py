@@ -34,16 +34,15 @@ from vdvae.hps import get_hparams, setup_hparams
 from vdvae.models import build_model
 
 from ..mean_head import mse_per_example
-from ..metrics import choose_sample_metric
 from ..multi_stage import parse_list
 from ..two_stage import picture
 from . import convergence as cv
 from .common import (check_inputs, check_table, default_device, eval_images, evaluate_last_fifth,
-                     evaluate_run, grid, load_run, mean_std, metrics_cache, number, parse, plot,
+                     evaluate_run, grid, load_run, mean_std, number, parse, plot,
                      run_main, say, seeded, summary, write_results)
 from .figures import log_axis
 from .runs import Stage, run_dir, run_stages
-from .table2 import add_sample_arguments, sample_metric
+from .table2 import add_sample_arguments, check_sample_metric, sample_metric
 
 COST = {1: 0.9, 'conditional': 2.0}          # time per step relative to a VDVAE (orders the work)
 
@@ -309,9 +308,7 @@ def report_lines(cfg, result):
 def run(cfg):
     H = check_inputs(cfg)
     chain_targets(cfg)
-    choose_sample_metric(H.dataset, fid_weights=cfg.fid_weights, allow_standin=cfg.allow_standin,
-                         cache_dir=metrics_cache(cfg), data_root=H.data_root,
-                         device=default_device(cfg), logprint=say)   # its weights, before training
+    check_sample_metric(cfg, H)
     run_stages(cfg, stages(cfg))
     return report(cfg)
 

@@ -214,11 +214,15 @@ def report_lines(cfg, result):
     return lines
 
 
-def run(cfg):
-    H = check_inputs(cfg)
+def check_sample_metric(cfg, H):
+    """The sample metric's weights (or the stand-in's permission), checked before training."""
     choose_sample_metric(H.dataset, fid_weights=cfg.fid_weights, allow_standin=cfg.allow_standin,
                          cache_dir=metrics_cache(cfg), data_root=H.data_root,
-                         device=default_device(cfg), logprint=say)   # its weights, before training
+                         device=default_device(cfg), logprint=say)
+
+
+def run(cfg):
+    check_sample_metric(cfg, check_inputs(cfg))
     run_stages(cfg, stages(cfg))
     return report(cfg)
 
