@@ -10,10 +10,8 @@ offline stand-ins mnist16, the toy protocol's, and mnist5k):
   X_stages        N stages (progcode_ext/multi_stage.py), progressive, one run per stage, the
                   earlier ones frozen (--stage_paths: none for stage 1, then the runs before);
                   N - 1 = the number of --distortion_targets (default: lambda alone, N = 2)
-  X_stage3        three stages (progcode_ext/multi_stage.py), progressive: coarse (4 lambda),
-                  medium (lambda), then the likelihood; one run per stage, the earlier ones frozen
-                  (--stage_paths: none for stage 1, stage 1's run for stage 2, both for stage 3).
-                  The coarse target 4 lambda is ours: the paper has no third stage
+  X_stage3        X_stages with the targets 4 lambda, lambda: coarse, medium, then the
+                  likelihood (the 4 is ours: the paper has no third stage)
   X_stage3_conventional  the same three networks trained jointly by the ELBO
 The paper's presets keep the paper's values (A.5's multiplier: lr 2e-4, moving average 0.99; K at
 image size / 8). The toy's choices are ours (no paper number exists for them):
