@@ -26,8 +26,14 @@ def add_progcode_arguments(parser):
     a('--eta_ema_rate', type=float, default=0.99, help=_d('moving average of eta'))
     a('--eta_lr_decay', type=float, default=None,
       help=_d("eta's Adam lr at step t is eta_lr / sqrt(1 + t / this); None: constant (A.5)"))
+    a('--lr_decay_iters', type=int, default=0,
+      help=_d('after warm-up, a cosine decay of the lr to 0 at this step, for short runs that '
+              'must settle within their budget (the toy protocol); 0: a constant lr, as upstream'))
     a('--stage1_path', type=str, default=None,
       help=_d('stage 2 (progressive): the stage-1 run folder or checkpoint'))
+    a('--stage1_init', type=str, default=None,
+      help=_d('conventional two-stage: start stage 1 from this lambda-optimal stage-1 run '
+              '(folder or checkpoint) instead of fresh; not the paper\'s baseline'))
     a('--training', choices=('progressive', 'conventional'), default='progressive',
       help=_d('two_stage, multi_stage: earlier stages frozen (progressive) or all by the joint '
               'ELBO'))
@@ -55,7 +61,7 @@ register_flag_rules(
     eta_init=optional(('a number in (0, 1)', lambda v: isinstance(v, (int, float)) and 0 < v < 1),
                       "A.5's start"),
     distortion_target=positive(), rate_target=optional(positive(), "the trained model's R_K"),
-    progressive_res=optional(count(), 'image size / 8'))
+    progressive_res=optional(count(), 'image size / 8'), lr_decay_iters=count(0))
 
 
 @register_check
@@ -67,6 +73,15 @@ def check_progressive_res(H):
             raise ConfigError(f'--progressive_res must be one of the decoder\'s resolutions '
                               f'{resolutions} (z_1..z_K are the blocks up to it), or none '
                               f'(image size / 8), got {res}')
+
+
+@register_check
+def check_stage1_init(H):
+    if H.get('stage1_init') and not (H.get('model') == 'two_stage'
+                                     and H.get('training') == 'conventional'):
+        raise ConfigError('--stage1_init starts the stage 1 of a conventionally trained two-stage '
+                          'model (--model two_stage --training conventional); for progressive '
+                          'stage 2 name the frozen stage 1 with --stage1_path')
 
 
 @register_check

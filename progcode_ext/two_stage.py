@@ -10,7 +10,8 @@ Two trainings of the same networks (same functional form, same parameters):
 * progressive: stage 1 trained lambda-optimally beforehand (`--stage1_path`), here frozen (no
   gradient, eval mode, bit-identical throughout); stage 2 minimises its own negative ELBO.
 * conventional: both stages trained jointly on the joint negative ELBO; gradients flow through
-  x_hat into stage 1.
+  x_hat into stage 1. Stage 1 starts fresh (the paper's baseline) or, with `--stage1_init`, from
+  a lambda-optimal stage-1 run (a diagnostic, not the baseline).
 
 Stage 2 always receives x_hat as the mean head puts it out, unclamped: in training
 (`stage1_posterior`), in reconstruction and in sampling (`x_hat_from_latents`, used by `sample`). The conventional training has no distortion term on
@@ -68,6 +69,10 @@ class TwoStageHVAE(Model):
         if self.progressive:
             restore_params(self.stage1, resolve_stage1_path(H.stage1_path))
             self.stage1.requires_grad_(False)
+        elif H.get('stage1_init'):
+            # Not the paper's baseline: conventional training started where progressive stage 1
+            # ended, to ask whether the unused stage 1 of the baseline is a local optimum.
+            restore_params(self.stage1, resolve_stage1_path(H.stage1_init))
 
     def train(self, mode=True):
         super().train(mode)

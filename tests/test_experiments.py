@@ -42,9 +42,10 @@ def test_experiments_end_to_end(cfg, capsys, monkeypatch):
     # 5 steps cannot converge: the claim is inconclusive and names the failed check
     assert row['verdict'] == res['verdict'] == 'inconclusive'
     report = open(os.path.join(cfg.out, 'table1', 'report.md')).read()
-    assert '**inconclusive** —' in report and 'failed' in report
-    assert {c['model'] for c in res['checks']} == {'vdvae-seed0', 'table1-probe-seed0',
-                                                  'table1-gamma-seed0'}
+    assert '**inconclusive** (' in report and 'failed' in report
+    assert {c['model'] for c in res['checks']} == {'table1-probe-seed0', 'table1-gamma-seed0'}
+    assert res['mse_noise'] >= 0 and set(res['rows'][0]['moved']) == {'D_K', 'lambda*',
+                                                                      'VDVAE -ELBO'}
 
     rd = rd_curve.run(cfg)
     res = written(os.path.join(cfg.out, 'rd_curve'), 'report.md', 'rd_curve.png', 'reconstructions.png')
@@ -67,12 +68,25 @@ def test_experiments_end_to_end(cfg, capsys, monkeypatch):
     monkeypatch.setattr(table2, 'sample_quality', spy)
     res = table2.run(cfg)
     written(os.path.join(cfg.out, 'table2'), 'report.md', 'table2.png',
-            'samples-progressive.png', 'samples-conventional.png')
-    assert seen == [(4000, 'train')] * 2
+            'samples-progressive-0.05.png', 'samples-progressive-0.02.png',
+            'samples-conventional.png', 'samples-conventional-init.png')
+    # each of the 4 models (conventional, progressive at both lambdas, conventional from stage
+    # 1) scored three times: two independent draws at the end, one at 4/5 of its run
+    assert seen == [(4000, 'train')] * 12
     assert res['metric'] == 'FD-mnist16'
-    assert res['rows'][0]['progressive']['parameters'] == res['rows'][0]['conventional']['parameters']
-    assert res['sample_metric_verdict'] == res['elbo_verdict'] == 'inconclusive'
-    assert 'not FID' in open(os.path.join(cfg.out, 'table2', 'report.md')).read()
+    assert res['headline'] == 0.02 and res['rule']['given']
+    assert [x['target'] for x in res['per_lambda']] == [0.05, 0.02]
+    assert res['conventional'][0]['parameters'] == res['headline_progressive'][0]['parameters']
+    assert res['conventional_from_stage1']['run'] == 'table2-conventional-init0.02-seed0'
+    assert res['noise']['sample_metric'] > 0 and res['noise']['elbo'] >= 0
+    for x in res['per_lambda']:
+        assert {v.verdict for v in x['verdicts'].values()} == {'inconclusive'}
+    assert {v.verdict for v in res['verdicts'].values()} == {'inconclusive'}
+    saved = written(os.path.join(cfg.out, 'table2'))
+    assert saved['verdicts']['elbo']['verdict'] == 'inconclusive'
+    report = open(os.path.join(cfg.out, 'table2', 'report.md')).read()
+    assert 'not FID' in report and "The metric's own noise" in report
+    assert "conventional from stage 1 at 0.02 (not the paper's baseline)" in report
 
     # table2's stage 1 is rd_curve's run at its target; every stage is finished now, so a second
     # pass trains nothing
@@ -111,6 +125,32 @@ def test_two_against_three_stages(cfg, capsys):
     capsys.readouterr()
     runs.run_stages(cfg, stages.stages(cfg))
     assert 'training' not in capsys.readouterr().out
+
+
+def test_table2_headline_is_the_smallest_lambda_leaving_stage2_half_the_rate(cfg, monkeypatch):
+    rates = {'vdvae-seed0': 0.2, 'stage1-0.05-seed0': 0.06, 'stage1-0.02-seed0': 0.09,
+             'stage1-0.01-seed0': 0.14}
+    monkeypatch.setattr(table2, 'evaluate_run',
+                        lambda cfg, folder, device: {'rate': rates[os.path.basename(folder)]})
+    monkeypatch.setattr(cfg, 'distortion_target', None)
+    monkeypatch.setattr(cfg, 'targets', '0.05,0.02,0.01')
+    headline, rule = table2.choose_headline(cfg, 'cpu')
+    assert headline == 0.02 and rule['met'] and rule['limit'] == pytest.approx(0.1)
+    assert rule['eligible'] == [0.05, 0.02]
+    rates['stage1-0.05-seed0'] = rates['stage1-0.02-seed0'] = 0.11     # none leaves half
+    headline, rule = table2.choose_headline(cfg, 'cpu')
+    assert headline == 0.05 and not rule['met']
+    assert 'no lambda of the family meets the rule' in table2.untestable_reason(
+        [{'stage2_share': 0.3}], rule)
+    assert 'stage 2 has nothing to code' in table2.untestable_reason([{'stage2_share': 0.05}])
+    assert table2.untestable_reason([{'stage2_share': 0.3}]) is None
+    # the plan: the rule's runs first; the headline's other seeds and the diagnostic row after
+    monkeypatch.setattr(cfg, 'seeds', [0, 1])
+    names = [s.name for s in table2.stages(cfg, headline=0.02)]
+    assert [s.name for s in table2.rule_stages(cfg)] == names[:4]
+    assert {'stage1-0.02-seed1', 'table2-stage2-0.02-seed1', 'table2-conventional-seed1',
+            'table2-conventional-init0.02-seed0'} <= set(names)
+    assert 'stage1-0.05-seed1' not in names
 
 
 def test_stage_chains_match_parameters(cfg):

@@ -2,11 +2,12 @@
 import argparse
 
 import pytest
+import torch
 
 from vdvae import HPARAMS_REGISTRY, VAE, Hyperparams, get_hparams, register_arguments, register_preset
 from vdvae.hps import (add_vae_arguments, parse_args_and_update_hparams, setup_hparams,
                        with_defaults)
-from vdvae.train_helpers import build_optimizer, warmup_factor
+from vdvae.train_helpers import build_optimizer, cosine_decay_factor, warmup_factor
 
 
 def test_missing_key_raises_with_suggestion():
@@ -158,3 +159,25 @@ def test_paper_presets_are_A1_over_upstreams_argparse_defaults(name):
     assert on_cifar10.wd == 0.01
     for derived in ('_stage1', '_stage2', '_conventional', '_masked'):
         assert (get_hparams(name + derived).wd, get_hparams(name + derived).warmup_iters) == (0.0, 0)
+
+
+def test_cosine_decay_from_the_end_of_warm_up_to_zero_at_its_last_step():
+    assert cosine_decay_factor(123, 0) == 1.0                      # none: upstream's constant lr
+    assert [cosine_decay_factor(i, 100) for i in (0, 50, 100, 150)] == pytest.approx(
+        [1.0, 0.5, 0.0, 0.0])
+    assert cosine_decay_factor(10, 110, warmup_iters=10) == 1.0
+    assert cosine_decay_factor(60, 110, warmup_iters=10) == pytest.approx(0.5)
+
+
+def test_the_optimizer_follows_warm_up_then_the_decay():
+    from vdvae import get_hparams
+    H = get_hparams('mnist16', lr=1e-3, warmup_iters=4, lr_decay_iters=24)
+    opt, sched = build_optimizer(H, torch.nn.Linear(2, 2))
+    lrs = []
+    for _ in range(25):
+        lrs.append(opt.param_groups[0]['lr'])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(2.5e-4) and lrs[3] == pytest.approx(1e-3)
+    assert lrs[14] == pytest.approx(5e-4) and lrs[24] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))

@@ -136,6 +136,18 @@ def test_progressive_stage2_leaves_stage1_bit_identical(runs, tmp_path):
     assert stats['loss'] < stats['elbo']                     # stage 1's rate is not trained
 
 
+def test_conventional_from_a_trained_stage1_starts_there_and_trains_it(runs):
+    stage1 = torch.load(runs / 'stage1' / 'latest-model-ema.th', weights_only=True)
+    H = get_hparams('mnist5k_conventional', stage1_init=str(runs / 'stage1'), **ARCH)
+    model = build_model(H)
+    for key, value in stage1.items():
+        assert torch.equal(model.stage1.state_dict()[key], value), key
+    assert all(p.requires_grad for p in model.parameters())        # jointly trained, not frozen
+    fresh = build_model(get_hparams('mnist5k_conventional', **ARCH))
+    assert not torch.equal(fresh.stage1.state_dict()['encoder.in_conv.weight'],
+                           stage1['encoder.in_conv.weight'])
+
+
 @pytest.mark.slow
 def test_conventional_training_changes_both_stages(tmp_path):
     torch.manual_seed(0)
@@ -269,6 +281,9 @@ def test_both_masked_decoders_start_from_the_trained_decoder_unless_fresh(runs, 
     ('mnist5k_stage1', ['--distortion_target', '0'], 'positive number'),
     ('mnist5k_stage1', ['--distortion_target', '-0.01'], 'positive number'),
     ('mnist5k_masked', [], 'pass --encoder_path'),
+    ('mnist5k_stage2', ['--stage1_init', 'X', '--stage1_path', 'X'],
+     '--stage1_init starts the stage 1 of a conventionally trained'),
+    ('mnist5k_stage1', ['--lr_decay_iters', '-5'], '--lr_decay_iters'),
     ('mnist5k_masked', ['--mode', 'gamma_optimal', '--rate_target', '-1', '--encoder_path', 'X'],
      '--rate_target must be a positive number'),
 ])

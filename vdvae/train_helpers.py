@@ -24,6 +24,17 @@ def warmup_factor(iterate, warmup_iters):
     return min(1.0, (iterate + 1) / warmup_iters)
 
 
+def cosine_decay_factor(iterate, decay_iters, warmup_iters=0):
+    """LR multiplier for step `iterate` after warm-up: 1 -> 0 along a half cosine that ends at step
+    `decay_iters` (0: none, a constant lr). A short run whose lr has decayed settles at the end of
+    its budget instead of still descending, so that "moved little over the last fifth" means it."""
+    if decay_iters <= 0:
+        return 1.0
+    span = max(1.0, decay_iters - warmup_iters)
+    progress = min(1.0, max(0.0, (iterate - warmup_iters) / span))
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def build_optimizer(H, model):
     """AdamW with upstream's hyperparameters, and its warm-up scheduler."""
     if H.warmup_iters < 0:
@@ -36,7 +47,8 @@ def build_optimizer(H, model):
     optimizer = torch.optim.AdamW(params, lr=H.lr, betas=(H.adam_beta1, H.adam_beta2),
                                   eps=1e-8, weight_decay=H.wd, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda=lambda it: warmup_factor(it, H.warmup_iters))
+        optimizer, lr_lambda=lambda it: warmup_factor(it, H.warmup_iters)
+        * cosine_decay_factor(it, getattr(H, 'lr_decay_iters', 0), H.warmup_iters))
     return optimizer, scheduler
 
 

@@ -24,6 +24,8 @@ from vdvae.hps import Hyperparams, setup_hparams
 from vdvae.models import build_model
 from vdvae.vae import VAE
 
+from ..metrics import default_cache_dir
+
 from .figures import as_uint8, grid, plot  # noqa: F401 (the drivers import them from here)
 from .runs import ExperimentError, last_fifth_step, run_dir, say  # noqa: F401
 
@@ -39,6 +41,9 @@ def add_common_arguments(parser):
       'seed and reported as mean +- std (default: %(default)s)')
     a('--jobs', type=int, default=1, help='stages trained at once (subprocesses, cores / jobs '
       'threads each); 1: one after the other (default: %(default)s)')
+    a('--lr_decay', action='store_true',
+      help='every stage\'s lr decays along a cosine to 0 at its last step (--lr_decay_iters): '
+      'short runs settle within their budget (the toy protocol does this)')
     a('--train_flags', default='', help='extra train.py flags for every stage, e.g. "--data_root D"')
     a('--loop', choices=('progcode', 'upstream'), default='progcode',
       help='train every stage with progcode\'s train.py, or with upstream\'s own loop in a '
@@ -49,7 +54,8 @@ def add_common_arguments(parser):
     a('--device', default=None, help='torch device for evaluation (default: cuda if available)')
     a('--n_eval', type=int, default=0, help='evaluate on the first N validation images (0: all)')
     a('--metrics_cache', default=None,
-      help='folder for the stand-in classifier and reference statistics (default: OUT/metric-cache)')
+      help='folder for the stand-in classifier and reference statistics, shared by every '
+      'experiment (default: $PROGCODE_CACHE, else ~/.cache/progcode/metrics)')
     return parser
 
 
@@ -69,7 +75,10 @@ def seeded(name, seed):
 
 
 def metrics_cache(cfg):
-    return getattr(cfg, 'metrics_cache', None) or os.path.join(cfg.out, 'metric-cache')
+    """The stand-in classifier and reference statistics: one cache for every experiment (by
+    default $PROGCODE_CACHE or ~/.cache/progcode/metrics), so that two experiments that score the
+    same samples agree."""
+    return getattr(cfg, 'metrics_cache', None) or default_cache_dir()
 
 
 def default_device(cfg):
@@ -105,12 +114,15 @@ def run_steps(folder):
     return load_file(os.path.join(folder, 'latest-state.th'))['step']
 
 
-def evaluate_run(cfg, folder, device, prefix='latest'):
+def evaluate_run(cfg, folder, device, prefix='latest', seed=0):
     """The exact validation metrics of a run's EMA weights at `prefix` ('latest', or 'iter-N'),
-    computed once and kept in the run folder; None when that checkpoint does not exist."""
+    with the posterior draws of `seed` (another seed: an independent second measurement, for the
+    metric's own noise), computed once and kept in the run folder; None when that checkpoint
+    does not exist."""
     if not os.path.exists(os.path.join(folder, f'{prefix}-model-ema.th')):
         return None
-    cache = os.path.join(folder, f'eval-valid-{prefix}-{cfg.n_eval or "all"}.json')
+    draws = f'-draws{seed}' if seed else ''
+    cache = os.path.join(folder, f'eval-valid-{prefix}-{cfg.n_eval or "all"}{draws}.json')
     step = run_steps(folder) if prefix == 'latest' else int(prefix.split('-')[1])
     if os.path.exists(cache):
         with open(cache) as f:
@@ -118,7 +130,7 @@ def evaluate_run(cfg, folder, device, prefix='latest'):
         if stats.get('step') == step and ('mse' in stats or 'nll' in stats):
             return stats                # (older caches lack the distortion's own name)
     H, model, data, prep = load_run(folder, device, prefix=prefix)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     stats = evaluate(H, model, subset(data, cfg.n_eval), prep, device)
     stats['step'] = step
     with open(cache, 'w') as f:

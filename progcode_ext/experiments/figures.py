@@ -22,16 +22,19 @@ def as_uint8(x):
     return to_uint8(torch.clamp(x, -1, 1))
 
 
-def plot(path, draw, close=True):
-    """Write a matplotlib figure drawn by `draw(ax)` to `path` (PNG): 5.5 x 4 in at 130 dpi, light
-    grid lines, tight layout, x tick labels rotated where they would overlap. Returns `path`; with
-    `close=False` returns the still open Figure instead (the caller closes it)."""
+def plot(path, draw, close=True, panels=1):
+    """Write a matplotlib figure drawn by `draw(ax)` to `path` (PNG): 5.5 x 4 in at 130 dpi a
+    panel, light grid lines, tight layout, x tick labels rotated where they would overlap. With
+    `panels` > 1, `draw` gets the list of side-by-side axes. Returns `path`; with `close=False`
+    returns the still open Figure instead (the caller closes it)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=130)
-    ax.grid(True, which='major', alpha=0.3)
-    draw(ax)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), dpi=130, squeeze=False)
+    axes = list(axes[0])
+    for ax in axes:
+        ax.grid(True, which='major', alpha=0.3)
+    draw(axes if panels > 1 else axes[0])
     fig.tight_layout()
     if unoverlap_tick_labels(fig):
         fig.tight_layout()

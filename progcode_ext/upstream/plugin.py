@@ -31,7 +31,7 @@ from vdvae.checkpoint import atomic_write, recover_checkpoint_set, save_checkpoi
 from vdvae.errors import ConfigError
 from vdvae.hps import HPARAMS_REGISTRY, unknown_name_message
 from vdvae.models import MODELS
-from vdvae.train_helpers import update_ema as update_trainable_ema
+from vdvae.train_helpers import cosine_decay_factor, update_ema as update_trainable_ema
 
 from . import substitutes
 from .checkout import import_modules, is_main_process, recognise, warn_unless_pinned
@@ -231,10 +231,14 @@ def save_model(path, vae, ema_vae, optimizer, H):
 
 
 def linear_warmup(warmup_iters):
-    """Upstream's warm-up factor; warmup_iters 0 means none (upstream divides by zero)."""
+    """Upstream's warm-up factor; warmup_iters 0 means none (upstream divides by zero); times
+    progcode's cosine decay when the run asks for one (--lr_decay_iters)."""
     def factor(iteration):
         count_iteration(iteration)
+        H = RUN['H']
+        decay = cosine_decay_factor(iteration, H.get('lr_decay_iters') or 0, warmup_iters) \
+            if H is not None else 1.0
         if warmup_iters <= 0 or iteration > warmup_iters:
-            return 1.0
-        return iteration / warmup_iters
+            return decay
+        return iteration / warmup_iters * decay
     return factor
