@@ -5,7 +5,8 @@
 # Usage: scripts/demo.sh [--full | --quick] [--out DIR] [--jobs N]
 #   default: one seed, 550 steps per model, lambda family 0.1024, 0.0512, 0.0128 (about 10
 #            minutes on 2 cores)
-#   --full:  three seeds for Tables 1 and 2, 1,200 steps per model, a five-point family
+#   --full:  three seeds for Tables 1 and 2, 1,200 steps per model (2,000 for the probe and the
+#            gamma-optimal decoder), a five-point family
 #            (about 50 minutes on 2 cores)
 #   --quick: a one-minute smoke test of the pipeline (proves nothing, and says so)
 set -euo pipefail
