@@ -66,7 +66,7 @@ def run(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--full', action='store_true',
-                      help='three seeds, 1,200 steps per model (2,000 for Table 1's decoders), a five-point lambda family')
+                      help='three seeds, 1,200 steps per model (2,000 for the probe and the gamma-optimal decoder), a five-point lambda family')
     mode.add_argument('--quick', action='store_true', help='a 1-minute smoke test; proves nothing')
     parser.add_argument('--out', default='demo-out', help='output folder (default: %(default)s)')
     parser.add_argument('--jobs', type=int, default=None,
