@@ -30,7 +30,7 @@ from .common import check_inputs, machine, mean_std, parse_seeds, run_main, say
 # Periodic evaluations and image grids off (the experiments evaluate what they need, once);
 # checkpoints every 250 steps, so that an interrupted demo resumes close to where it stopped.
 RUN_FLAGS = '--epochs_per_eval 1000000 --iters_per_images 100000000 --iters_per_save 250'
-STEPS_DEFAULT = 550
+STEPS_DEFAULT = 700
 SCALES = {
     'quick': dict(seeds='0', steps=30, probe_steps=30, targets='0.1024,0.0064', n_eval=100,
                   n_images=32, n_samples=100),
@@ -66,7 +66,8 @@ def run(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--full', action='store_true',
-                      help='three seeds, 1,200 steps per model (2,000 for the probe and the gamma-optimal decoder), a five-point lambda family')
+                      help='three seeds, 1,200 steps per model (2,000 for the probe and the '
+                           'gamma-optimal decoder), a five-point lambda family')
     mode.add_argument('--quick', action='store_true', help='a 1-minute smoke test; proves nothing')
     parser.add_argument('--out', default='demo-out', help='output folder (default: %(default)s)')
     parser.add_argument('--jobs', type=int, default=None,
