@@ -143,7 +143,10 @@ def test_ours_training_step_matches_the_baseline_one(layout):
     for p, p_b in zip([*model.parameters(), *ema.parameters()],
                       [*model_b.parameters(), *ema_b.parameters()]):
         assert p.dim() != 4 or p.is_contiguous(memory_format=layout)    # the update kept it
-        torch.testing.assert_close(p, p_b, rtol=1e-5, atol=1e-7)
+        # A first Adam step is lr g / (|g| + eps): where |g| is near eps, the layouts' rounding
+        # differences in g (up to 1e-6, as the test above allows) move it by a few percent of lr
+        # (measured: 0.7% of one step, on one weight, with oneDNN on an Intel Xeon).
+        torch.testing.assert_close(p, p_b, rtol=1e-5, atol=0.025 * H.lr)
 
 
 def test_keep_freed_memory_applies_on_glibc_and_changes_no_result(monkeypatch):
