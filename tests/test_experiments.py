@@ -213,6 +213,14 @@ def test_profile_of_a_trained_checkpoint(cfg):
     assert res['rows'][2]['k'] == 5 and res['table1']['res'] == 8
 
 
+def test_lr_decay_ends_each_stage_at_its_own_last_step(cfg, monkeypatch):
+    stage = Stage('x', 'mnist16', 40)
+    assert '--lr_decay_iters' not in runs.stage_argv(cfg, stage)
+    monkeypatch.setattr(cfg, 'lr_decay', True, raising=False)
+    argv = runs.stage_argv(cfg, stage)
+    assert argv[argv.index('--lr_decay_iters') + 1] == '40'
+
+
 def test_a_finished_stage_with_other_settings_is_not_reused(cfg):
     vdvae = table1.stages(cfg)[0]
     runs.run_stages(cfg, [vdvae])

@@ -516,3 +516,14 @@ def test_an_experiment_through_upstreams_loop_writes_the_same_run_folders(each_r
     assert rd_curve.main(argv) == 0
     assert (run_dir / 'log.jsonl').read_bytes() == log
     assert load(run_dir / 'latest-state.th')['step'] == 5
+
+
+def test_upstreams_warm_up_factor_also_decays_when_asked(monkeypatch):
+    from progcode_ext.upstream import plugin as installed      # (importing it installs nothing)
+    from vdvae.hps import Hyperparams
+    monkeypatch.setitem(installed.RUN, 'H', Hyperparams(lr_decay_iters=30, num_iters=None))
+    factor = installed.linear_warmup(10)
+    assert factor(5) == 0.5 and factor(10) == 1.0          # warm-up as upstream's, then the decay
+    assert factor(20) == pytest.approx(0.5) and factor(30) == 0.0
+    monkeypatch.setitem(installed.RUN, 'H', Hyperparams(lr_decay_iters=0, num_iters=None))
+    assert installed.linear_warmup(10)(20) == 1.0           # none asked: upstream's constant lr

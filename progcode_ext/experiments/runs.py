@@ -64,8 +64,9 @@ def last_fifth_step(steps):
 
 def stage_argv(cfg, stage):
     """train.py's argv for a stage. Its own flags come after `--train_flags`, so they win (e.g. a
-    probe's --progressive_res). With `cfg.lr_decay` the lr decays to 0 at the stage's last step. Through upstream's loop (`--loop upstream`) the run is saved once,
-    at its end, besides the checkpoint at 4/5."""
+    probe's --progressive_res). With `cfg.lr_decay` the lr decays to 0 at the stage's last step.
+    Through upstream's loop (`--loop upstream`) the run is saved once, at its end, besides the
+    checkpoint at 4/5."""
     control = (['--iters_per_save', str(stage.steps)] if upstream_loop(cfg) else ['--quiet'])
     decay = ['--lr_decay_iters', str(stage.steps)] if getattr(cfg, 'lr_decay', False) else []
     return ['--hps', stage.preset, *shlex.split(cfg.train_flags), *decay, *stage.flags,

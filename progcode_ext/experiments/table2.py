@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from vdvae.data import load_splits
-from vdvae.hps import get_hparams
 
 from ..metrics import DEFAULT_FID_SAMPLES, choose_sample_metric, sample_quality
 from . import convergence as cv
