@@ -8,8 +8,8 @@ is "inconclusive" when any model behind it fails one of these checks (the failed
   model barely moves, converged or not);
 * `settled` (the stages experiment): a model trained to a fixed objective moved by less than 2%
   over the last fifth of its training. Tables 1 and 2 judge settledness against the effect they
-  measure instead (verdicts.py: the paired difference may move by less than half itself over the
-  last fifth), since a fixed tolerance can be looser than the effect it supports.
+  measure instead (verdicts.py: over the last fifth the paired difference may not shrink toward
+  zero by half itself), since a fixed tolerance can be looser than the effect it supports.
 All values are exact means over the validation split with the EMA weights.
 """
 from dataclasses import asdict, dataclass

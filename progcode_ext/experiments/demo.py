@@ -7,8 +7,8 @@ one block per resolution), Table 2 across the lambda family of Figure 2 (table2.
 model, and writes DIR/report.md: each claim of the paper with a verdict by the statistical rule of
 verdicts.py, and the numbers. Modes (wall times on 2 CPU cores: README):
 * default: one seed, STEPS_DEFAULT steps per model, a three-point family;
-* --full: three seeds for Tables 1 and 2 (the first for the family), 1,500 steps per model, a
-  five-point family;
+* --full: three seeds for Tables 1 and 2 (the first for the family), 1,200 steps per model
+  (2,000 for the D_K probe and the gamma-optimal decoder), a five-point family;
 * --quick: a smoke test of the whole pipeline (30 steps; about 1 minute); it proves nothing and
   says so.
 Independent models train side by side (`--jobs`, default: one per core, at most 8). The perceptual
@@ -101,8 +101,9 @@ def claim_rows(results):
     t1, rd, lp, t2 = (results[k] for k in ('table1', 'rd_curve', 'lpips_vs_mse', 'table2'))
     s1 = t1['summary']
     conv, prog = t2['conventional'], t2['headline_progressive']
-    at = (f"at the headline lambda {t2['headline']:g} (R_1 {mean_std([r['rate_stage1'] for r in prog], 4)}, "
-          f"stage-2 share {np.mean([r['stage2_share'] for r in prog]):.0%})")
+    rate1 = mean_std([r['rate_stage1'] for r in prog], 4)
+    share = np.mean([r['stage2_share'] for r in prog])
+    at = f"at the headline lambda {t2['headline']:g} (R_1 {rate1}, stage-2 share {share:.0%})"
 
     def across(key):
         return '; across lambda (1 seed): ' + ', '.join(
@@ -151,8 +152,8 @@ def report_lines(cfg, results, minutes, train_minutes):
              'standard deviation of a difference of two scores, measured by scoring the same models '
              'twice (**held on 1 seed**, ...); either way the difference must not have shrunk '
              'toward zero by half itself or more over the last fifth of the runs, else **cannot '
-             'tell (still moving)**. A claim is **inconclusive** when a model behind it failed a convergence '
-             'check, and **not testable here** when stage 2 has nothing to code.', '']
+             'tell (still moving)**. A claim is **inconclusive** when a model behind it failed a '
+             'convergence check, and **not testable here** when stage 2 has nothing to code.', '']
     if cfg.scale == 'quick':
         lines += ['**This is the smoke test (`--quick`)**: its models are trained for '
                   f'{cfg.steps} steps and cannot converge; it shows that the pipeline runs, nothing '

@@ -184,7 +184,8 @@ def report_lines(cfg, result):
               f"independent posterior draws: one evaluation's standard deviation "
               f"{result['mse_noise']:.2g}. Rule: progcode_ext/experiments/verdicts.py. How much "
               'each model still moved over its last fifth (relative): '
-              + '; '.join(f"seed {r['seed']}: " + ', '.join(f'{k} {v:+.2%}' for k, v in r['moved'].items())
+              + '; '.join(f"seed {r['seed']}: "
+                          + ', '.join(f'{k} {v:+.2%}' for k, v in r['moved'].items())
                           for r in rows) + '.', '',
               'Convergence checks:', ''] + check_table(result['checks'])
     lines += ['', 'Where the rate of the conventional VDVAE sits (seed '

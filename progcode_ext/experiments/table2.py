@@ -136,8 +136,8 @@ def choose_headline(cfg, device):
     eligible = [t for t, r in rates.items() if r <= limit]
     given = getattr(cfg, 'distortion_target', None)
     target = given or (min(eligible) if eligible else max(rates))
-    rule = dict(vdvae_rate=vdvae_rate, limit=limit, stage1_rates={f'{t:g}': r for t, r in rates.items()},
-                eligible=eligible, headline=target, given=bool(given),
+    rule = dict(vdvae_rate=vdvae_rate, limit=limit, eligible=eligible, headline=target,
+                stage1_rates={f'{t:g}': r for t, r in rates.items()}, given=bool(given),
                 met=rates[target] <= limit)
     say(f"table2: headline lambda {target:g} ({'given' if given else 'by the rule'}: R_1 "
         f"{rates[target]:.4f} vs half the VDVAE's rate {limit:.4f})")
@@ -256,11 +256,9 @@ def report(cfg, headline=None, rule=None):
     # A score is the mean of two draws: its noise is the single draw's / sqrt(2).
     noise_of_mean = dict(sample_metric=noise['sample_metric'] / math.sqrt(2),
                          elbo=noise['elbo'] / math.sqrt(2))
-    failed_by_run = {c.model: f'{c.model}: {c.check} failed ({c.detail})'
-                     for c in cv.failures(checks)}
-
     def failed_for(*names):
-        return [failed_by_run[n] for n in names if n in failed_by_run]
+        return [f'{c.model}: {c.check} failed ({c.detail})' for c in cv.failures(checks)
+                if c.model in names]
 
     per_lambda = []
     for target in family(cfg):
