@@ -40,8 +40,13 @@ class MeanHead(nn.Module):
 
     def sample(self, px_z):
         """The mean image as NumPy uint8 NHWC (the head is deterministic)."""
-        return to_uint8(torch.clamp(self.forward(px_z), -1.0, 1.0))
+        return picture(self.forward(px_z))
 
     def reconstruction(self, px_z):
         """The mean image, unclamped."""
         return self.forward(px_z)
+
+
+def picture(x_hat):
+    """x_hat as a NumPy uint8 picture: clamped to [-1, 1] only here, never where it is handed on."""
+    return to_uint8(torch.clamp(x_hat, -1, 1))

@@ -1,13 +1,14 @@
-"""Progressive coding over N stages: Section 3's bit prioritisation (eq. 3) taken past the two
-groups of Section 5. The paper says the approach extends to more groups; this is that extension.
+"""Progressive coding over N stages: Section 3's bit prioritisation (eq. 3) as a chain of VDVAEs.
+N = 2 is the two-stage HVAE of Section 5.1 (two_stage.py); the paper says the approach extends to
+more groups, and N > 2 is that extension.
 
-    stage 1        an unconditional VDVAE with a mean head (today's stage 1): x_hat_1, trained
+    stage 1        an unconditional VDVAE with a mean head (stage1.py): x_hat_1, trained
                    lambda_1-optimally (minimise its rate R_1 subject to MSE(x_hat_1) <= lambda_1)
-    stage k        (1 < k < N) a conditional VDVAE given x_hat_{k-1} (today's stage 2: a U-Net over
+    stage k        (1 < k < N) a conditional VDVAE given x_hat_{k-1} (stage2.py's U-Net over
                    x_hat_{k-1}, its encoder reading [x, x_hat_{k-1}]) with a mean head: x_hat_k,
                    lambda_k-optimal for its own target lambda_k < lambda_{k-1}
-    stage N        a conditional VDVAE given x_hat_{N-1} with the mixture of logistics (today's
-                   stage 2), trained by its ELBO
+    stage N        a conditional VDVAE given x_hat_{N-1} with the mixture of logistics (stage2.py),
+                   trained by its ELBO
 
     p(x, z_1..z_N) = p_1(z_1) prod_{1<k<=N} p_k(z_k | x_hat_{k-1}) p_N(x | z_N, x_hat_{N-1})
     q(z_1..z_N | x) = q_1(z_1 | x) prod_{1<k<=N} q_k(z_k | x, x_hat_{k-1})
@@ -18,16 +19,20 @@ rate-distortion staircase per stage.
 
 Two trainings of the same networks:
 * progressive (`--training progressive`): one run per stage. The run that trains stage K holds
-  stages 1..K, the first K - 1 frozen from `--stage_paths` (their runs, in order); K < N is
+  stages 1..K, the first K - 1 frozen (no gradient, eval mode, bit-identical throughout) from
+  `--stage_paths` (their runs, in order; `--stage1_path` is the one-run spelling); K < N is
   lambda_K-optimal, K = N minimises its own part of the -ELBO (-log p_N + R_N).
-* conventional: one run, all N stages jointly by the joint -ELBO (the mean heads then are free
-  bottlenecks, as stage 1's in the two-stage conventional model).
+* conventional: one run, all N stages jointly by the joint -ELBO; gradients flow through every
+  x_hat, so the mean heads are free bottlenecks. Stage 1 starts fresh (the paper's baseline) or,
+  with `--stage1_init`, from a lambda-optimal stage-1 run (a diagnostic, not the baseline).
 
-With one target (`--distortion_targets` unset: `--distortion_target`), N = 2 and the model is
-`TwoStageHVAE` exactly: the same parameters under the same names (`stage1.*`, `stage2.*`), the same
-initialisation and the same random draws, so the same outputs (tests/test_multi_stage.py).
-x_hat_k is handed on unclamped, as the mean head puts it out (see two_stage.py for why); it is
-clamped only where it becomes a picture.
+Every stage offers the same two calls, `posterior(x, x_prev)` and `decode(n, x_prev, t)` (stage 1
+ignores x_prev), so the chain below never asks what kind a stage is. x_hat_k is handed on
+unclamped, as the mean head puts it out, in training, reconstruction and sampling alike: the
+conventional training has no distortion term on x_hat, so there it lies largely outside [-1, 1],
+and clamping it only when sampling would hand the next stage inputs it never saw in training (on
+the conventional side only: a bias in Table 2's comparison). It is clamped only where it becomes
+a picture.
 """
 import math
 import os
@@ -42,72 +47,64 @@ from vdvae.hps import Hyperparams
 from vdvae.vae_helpers import rate_per_example
 
 from .lagrangian import LagrangianObjective
-from .mean_head import MeanHead, mse_per_example
+from .mean_head import MeanHead, mse_per_example, picture
 from .stage1 import Stage1VAE, multiplier_kwargs, with_psnr
 from .stage2 import ConditionalVAE
-from .two_stage import picture
-
-
-def parse_list(text, kind, flag):
-    """'a,b,c' (or a list) -> [kind(a), ...]; None or '' -> []."""
-    if text is None or text == '':
-        return []
-    items = text if isinstance(text, (list, tuple)) else str(text).split(',')
-    try:
-        return [kind(str(item).strip()) for item in items]
-    except ValueError:
-        what = 'integers' if kind is int else 'numbers'
-        raise ConfigError(f'--{flag} {text!r}: expected comma-separated {what}') from None
 
 
 def distortion_targets(H):
     """lambda_1 > ... > lambda_{N-1}: `--distortion_targets`, or `--distortion_target` alone."""
-    targets = parse_list(H.get('distortion_targets'), float, 'distortion_targets')
-    return targets or [H.distortion_target]
+    return list(H.get('distortion_targets') or [H.distortion_target])
 
 
-def stage_count(H):
-    return len(distortion_targets(H)) + 1
-
-
-def stage_paths(H):
-    return [p.strip() for p in (H.get('stage_paths') or '').split(',') if p.strip()]
+def frozen_paths(H):
+    """The runs of the frozen stages 1..K-1: `--stage_paths`, or `--stage1_path` alone."""
+    return list(H.get('stage_paths') or ([H.stage1_path] if H.get('stage1_path') else []))
 
 
 def stage_hparams(H, k):
     """The hyperparameters of stage k (1-based): its width (`--stage_widths`) and its target."""
-    targets, n = distortion_targets(H), stage_count(H)
-    widths = parse_list(H.get('stage_widths'), int, 'stage_widths') or [H.width] * n
+    targets = distortion_targets(H)
+    widths = H.get('stage_widths') or [H.width] * (len(targets) + 1)
     changes = dict(width=widths[k - 1])
-    if k < n:
+    if k <= len(targets):
         changes['distortion_target'] = targets[k - 1]
     return Hyperparams(H, **changes)
 
 
-def check_multi_stage_flags(H):
+def check_chain_flags(H):
     """ConfigError for stage flags that cannot work together (run by `check_hparams`)."""
-    targets = parse_list(H.get('distortion_targets'), float, 'distortion_targets')
+    targets = H.get('distortion_targets') or []
     if any(not (math.isfinite(t) and t > 0) for t in targets):
-        raise ConfigError(f'--distortion_targets {H.distortion_targets!r}: every target must be a '
-                          'positive MSE on the [-1, 1] scale, e.g. 0.0128,0.0032')
+        raise ConfigError(f'--distortion_targets {targets}: every target must be a positive MSE '
+                          'on the [-1, 1] scale, e.g. 0.0128,0.0032')
     if any(b >= a for a, b in zip(targets, targets[1:])):
-        raise ConfigError(f'--distortion_targets {H.distortion_targets!r}: each stage must refine '
-                          'the one before, so the targets must decrease, e.g. 0.0128,0.0032')
+        raise ConfigError(f'--distortion_targets {targets}: each stage must refine the one '
+                          'before, so the targets must decrease, e.g. 0.0128,0.0032')
     n = (len(targets) or 1) + 1
-    for flag, kind in (('stage_widths', int), ('stage_temperatures', float)):
-        values = parse_list(H.get(flag), kind, flag)
+    for flag, ok, allowed in (('stage_widths', lambda v: v > 0, 'integers >= 1'),
+                              ('stage_temperatures', lambda v: v >= 0, 'numbers >= 0')):
+        values = H.get(flag) or []
         if values and len(values) != n:
-            raise ConfigError(f'--{flag} {H.get(flag)!r}: give one per stage, {n} for the {n} '
-                              f'stages of --distortion_targets')
-        if any(not v > 0 if kind is int else not v >= 0 for v in values):
-            raise ConfigError(f'--{flag} {H.get(flag)!r}: must be '
-                              + ('integers >= 1' if kind is int else 'numbers >= 0'))
-    if H.get('model') != 'multi_stage':
+            raise ConfigError(f'--{flag} {values}: give one per stage, {n} for the {n} stages of '
+                              '--distortion_targets')
+        if not all(map(ok, values)):
+            raise ConfigError(f'--{flag} {values}: must be {allowed}')
+    if H.get('stage_paths') and H.get('stage1_path'):
+        raise ConfigError('--stage1_path and --stage_paths both name frozen stages: give the runs '
+                          'of every frozen stage, in order, with --stage_paths alone')
+    if H.get('stage1_init') and not (H.get('model') in ('two_stage', 'multi_stage')
+                                     and H.get('training') == 'conventional'):
+        raise ConfigError('--stage1_init starts the stage 1 of a conventionally trained chain '
+                          '(--model two_stage --training conventional); for progressive stage 2 '
+                          'name the frozen stage 1 with --stage1_path')
+    if H.get('model') not in ('two_stage', 'multi_stage'):
         return
-    paths = stage_paths(H)
+    paths = frozen_paths(H)
     if H.get('training') == 'conventional' and paths:
         raise ConfigError('--stage_paths names frozen stages, but conventional training trains all '
-                          'stages jointly: drop --stage_paths, or use --training progressive')
+                          'stages jointly: drop --stage_paths (or --stage1_path), or use '
+                          '--training progressive')
     if len(paths) > n - 1:
         raise ConfigError(f'--stage_paths names {len(paths)} trained stages, but the model has '
                           f'{n} stages: at most {n - 1} (the run trains the stage after them)')
@@ -117,20 +114,11 @@ class MeanHeadStage(ConditionalVAE):
     """A middle stage: the conditional VDVAE of stage 2 with a mean head instead of the mixture,
     and its own Lagrange multiplier for its target lambda_k (`H.distortion_target`)."""
 
-    distortion_kind = 'mse'
-
     def __init__(self, H):
         super().__init__(H)
         self.decoder.out_net = MeanHead(H)
         self.objective = LagrangianObjective('distortion', H.distortion_target,
                                              **multiplier_kwargs(H))
-
-    def forward(self, x, x_hat, get_latents=False):
-        """One posterior pass given the previous stage's x_hat: (this stage's x_hat, NHWC,
-        unclamped; per-block [{'kl', 'z'}]). It has no likelihood, so no `x_target` (unlike
-        `ConditionalVAE.forward`): its distortion is the MSE of its x_hat."""
-        px_z, stats = self.posterior(x, x_hat, get_latents)
-        return self.decoder.out_net(px_z), stats
 
 
 def run_file(path):
@@ -138,9 +126,9 @@ def run_file(path):
     return os.path.join(path, 'latest-model-ema.th') if os.path.isdir(path) else path
 
 
-def frozen_stage_weights(path, k):
+def stage_weights(path, k):
     """(stage k's state dict, the file's whole state dict) from a checkpoint file: the weights
-    under `stage{k}.` of a multi-stage run, or a whole stage-1 (`Stage1VAE`) file."""
+    under `stage{k}.` of a chain's run, or a whole stage-1 (`Stage1VAE`) file."""
     sd = load_state_dict_file(path)
     prefix = f'stage{k}.'
     mine = {key[len(prefix):]: v for key, v in sd.items() if key.startswith(prefix)}
@@ -154,25 +142,28 @@ def frozen_stage_weights(path, k):
 
 class MultiStageHVAE(Model):
     """N stages (N = len(--distortion_targets) + 1); this run's model holds stages 1..K, where K
-    is the stage it trains (progressive: len(--stage_paths) + 1; conventional: N). Exposed latents
-    (`forward_get_latents`, `sample(latents=...)`) are stage 1's."""
+    is the stage it trains (progressive: the number of frozen runs + 1; conventional: N). Exposed
+    latents (`forward_get_latents`, `sample(latents=...)`) are stage 1's."""
 
     def __init__(self, H):
         super().__init__()
         if H.training not in ('progressive', 'conventional'):
             raise ConfigError(f"--training must be 'progressive' or 'conventional', got "
                               f"{H.training!r}")
-        check_multi_stage_flags(Hyperparams(H, model='multi_stage'))
         self.H = H
         self.progressive = H.training == 'progressive'
-        self.n_stages = stage_count(H)
-        paths = stage_paths(H) if self.progressive else []
+        self.n_stages = len(distortion_targets(H)) + 1
+        paths = frozen_paths(H) if self.progressive else []
         self.trained_stage = len(paths) + 1 if self.progressive else self.n_stages
         for k in range(1, self.trained_stage + 1):
             setattr(self, f'stage{k}', self.make_stage(k))
         self.distortion_kind = 'nll' if self.complete else 'mse'
         if paths:
             self.load_frozen_stages(paths)
+        elif H.get('stage1_init'):
+            # Not the paper's baseline: conventional training started where a lambda-optimal
+            # stage 1 ended, to ask whether the unused stage 1 of the baseline is a local optimum.
+            self.load_stage(1, run_file(H.stage1_init))
 
     @property
     def complete(self):
@@ -189,18 +180,22 @@ class MultiStageHVAE(Model):
             return Stage1VAE(H)
         return MeanHeadStage(H) if k < self.n_stages else ConditionalVAE(H)
 
+    def load_stage(self, k, path):
+        """Stage k's weights from a run's checkpoint; -> the file's whole state dict."""
+        weights, whole = stage_weights(path, k)
+        try:
+            check_state_dict(getattr(self, f'stage{k}'), weights, path)
+        except CheckpointError as e:
+            raise CheckpointError(f'stage {k}: {e} (or --stage_widths)') from None
+        getattr(self, f'stage{k}').load_state_dict(weights)
+        return whole
+
     def load_frozen_stages(self, paths):
-        """Stages 1..K-1 from their runs, checked against each other and against the targets;
-        then frozen (no gradient, eval mode)."""
-        targets = distortion_targets(self.H)
+        """Stages 1..K-1 from their runs, checked against each other and, where
+        `--distortion_targets` names them, against the targets; then frozen."""
+        targets = self.H.get('distortion_targets')
         for k, path in enumerate(map(run_file, paths), 1):
-            stage = getattr(self, f'stage{k}')
-            weights, whole = frozen_stage_weights(path, k)
-            try:
-                check_state_dict(stage, weights, path)
-            except CheckpointError as e:
-                raise CheckpointError(f'--stage_paths: stage {k}: {e} (or --stage_widths)'
-                                      ) from None
+            whole = self.load_stage(k, path)
             for j in range(1, k):
                 earlier = getattr(self, f'stage{j}').state_dict()
                 saved = {key: whole.get(f'stage{j}.{key}') for key in earlier}
@@ -208,9 +203,9 @@ class MultiStageHVAE(Model):
                     raise ConfigError(f'--stage_paths: the run of stage {k} ({path}) was trained '
                                       f'on another stage {j} than {paths[j - 1]}; name the runs '
                                       'of one chain')
-            stage.load_state_dict(weights)
+            stage = getattr(self, f'stage{k}')
             trained_for = stage.objective.multiplier.target
-            if not math.isclose(trained_for, targets[k - 1], rel_tol=1e-6):
+            if targets and not math.isclose(trained_for, targets[k - 1], rel_tol=1e-6):
                 raise ConfigError(f'--stage_paths: stage {k} ({path}) was trained for lambda '
                                   f'{trained_for:g}, but the targets name {targets[k - 1]:g}: pass '
                                   'the --distortion_targets it was trained with')
@@ -226,50 +221,40 @@ class MultiStageHVAE(Model):
         return self.progressive and k < self.trained_stage
 
     def posterior_chain(self, x, get_latents=False):
-        """One posterior pass through the stages: per stage {'rate' (B,), 'latents' (with their
-        z's for the last stage held if get_latents), and 'x_hat' (a mean head's image) or, for
-        stage N, 'px_z' and the 'x_prev' it was given}."""
+        """One posterior pass through the stages: per stage {'px_z', 'x_prev' (the x_hat it was
+        given), 'x_hat' (its mean head's image; None for stage N), 'rate' (B,), 'latents' (with
+        their z's for the last stage held if get_latents)}."""
         dim = math.prod(x.shape[1:])
-        out, x_hat = [], None
+        out, x_prev = [], None
         for k, stage in enumerate(self.stages, 1):
-            latents = get_latents and k == self.trained_stage
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen(k)):
-                if k == 1:
-                    px_z, stats = stage.decoder(stage.encoder(x), get_latents=latents)
-                    terms = dict(x_hat=stage.decoder.out_net(px_z))
-                elif isinstance(stage, MeanHeadStage):
-                    x_hat_k, stats = stage(x, x_hat, latents)
-                    terms = dict(x_hat=x_hat_k)
-                else:
-                    px_z, stats = stage.posterior(x, x_hat, latents)
-                    terms = dict(px_z=px_z, x_prev=x_hat)
-            terms.update(rate=rate_per_example(stats, dim), latents=stats)
-            out.append(terms)
-            x_hat = terms.get('x_hat')
+                px_z, stats = stage.posterior(x, x_prev, get_latents and k == self.trained_stage)
+                x_hat = stage.decoder.out_net(px_z) if k < self.n_stages else None
+            out.append(dict(px_z=px_z, x_prev=x_prev, x_hat=x_hat, latents=stats,
+                            rate=rate_per_example(stats, dim)))
+            x_prev = x_hat
         return out
 
     def forward(self, x, x_target):
         """-> {'loss', 'rate' (all stages held, nats/dim), 'rate_stage{k}', 'mse_stage{k}' (each
         mean head's MSE), and
         * complete: 'elbo' (the joint -ELBO), 'distortion' = 'nll' (stage N's); the loss is the
-          joint -ELBO (conventional) or stage N's part of it (progressive);
+          joint -ELBO (conventional) or stage N's part of it (progressive: the frozen stages'
+          rates are constants);
         * a progressive run of stage K < N: 'distortion' = 'mse' (stage K's), 'psnr', 'eta',
           'constraint_violation'; the loss is stage K's Lagrangian."""
         chain = self.posterior_chain(x)
         stats = {}
         for k, terms in enumerate(chain, 1):
             stats[f'rate_stage{k}'] = terms['rate'].mean()
-            if 'x_hat' in terms:
+            if terms['x_hat'] is not None:
                 stats[f'mse_stage{k}'] = mse_per_example(terms['x_hat'], x_target).mean()
-        rate = sum(terms['rate'] for terms in chain)
-        last = chain[-1]
+        rate, last, stage = sum(terms['rate'] for terms in chain), chain[-1], self.stages[-1]
         if not self.complete:
-            stage = self.stages[-1]
             own = stage.objective(last['rate'].mean(), stats[f'mse_stage{self.trained_stage}'])
             return dict(with_psnr(own), rate=rate.mean(), **stats)
-        stage = self.stages[-1]
         nll = stage.decoder.out_net.nll(last['px_z'], x_target)
-        elbo = (nll + rate).mean()
+        elbo = sum((terms['rate'] for terms in chain), nll).mean()     # nll + R_1 + ... + R_N
         loss = (nll + last['rate']).mean() if self.progressive else elbo
         return dict(loss=loss, elbo=elbo, distortion=nll.mean(), nll=nll.mean(), rate=rate.mean(),
                     **stats)
@@ -285,12 +270,13 @@ class MultiStageHVAE(Model):
     def reconstruct_stages(self, x):
         """The reconstruction after each stage, NHWC on [-1, 1], unclamped: each mean head's
         x_hat_k from one posterior pass; stage N's given x_hat_{N-1} and its posterior z_N (the
-        rest at t = 0.1), as the two-stage model's."""
+        rest at t = 0.1)."""
         chain = self.posterior_chain(x, get_latents=self.complete)
-        out = [terms['x_hat'] for terms in chain if 'x_hat' in terms]
+        out = [terms['x_hat'] for terms in chain if terms['x_hat'] is not None]
         if self.complete:
             stage, last = self.stages[-1], chain[-1]
-            px_z = stage.decode(last['x_prev'], t=0.1, latents=[s['z'] for s in last['latents']])
+            px_z = stage.decode(x.shape[0], last['x_prev'], t=0.1,
+                                latents=[s['z'] for s in last['latents']])
             out.append(stage.decoder.out_net.reconstruction(px_z))
         return out
 
@@ -303,14 +289,14 @@ class MultiStageHVAE(Model):
         pass, NHWC on [-1, 1]: each mean head's x_hat_k, then stage N's mixture mean (the point
         after stage k of the progressive code's staircase)."""
         chain = self.posterior_chain(x)
-        out = [terms['x_hat'] for terms in chain if 'x_hat' in terms]
+        out = [terms['x_hat'] for terms in chain if terms['x_hat'] is not None]
         if self.complete:
             out.append(self.stages[-1].decoder.out_net.mean(chain[-1]['px_z']))
         return out
 
     def temperatures(self, t):
         """One temperature per stage held: `--stage_temperatures`, else t for every stage."""
-        per_stage = parse_list(self.H.get('stage_temperatures'), float, 'stage_temperatures')
+        per_stage = self.H.get('stage_temperatures')
         return per_stage[:self.trained_stage] if per_stage else [t] * self.trained_stage
 
     @torch.no_grad()
@@ -322,17 +308,11 @@ class MultiStageHVAE(Model):
         ts = [None] * self.trained_stage if ts is None else list(ts)
         if len(ts) != self.trained_stage:
             raise ConfigError(f'give one temperature per stage ({self.trained_stage}), got {ts}')
-        stage1 = self.stage1
-        x_hat = stage1.decoder.out_net(
-            stage1.decoder.forward_manual_latents(n, list(latents), t=ts[0]))
-        pictures = [picture(x_hat)]
-        for stage, t in zip(self.stages[1:], ts[1:]):
-            px_z = stage.decode(x_hat, t=t)
-            if isinstance(stage, MeanHeadStage):
-                x_hat = stage.decoder.out_net(px_z)
-                pictures.append(picture(x_hat))
-            else:
-                pictures.append(stage.decoder.out_net.sample(px_z))
+        pictures, x_prev = [], None
+        for k, (stage, t) in enumerate(zip(self.stages, ts), 1):
+            px_z = stage.decode(n, x_prev, t=t, latents=latents if k == 1 else ())
+            pictures.append(stage.decoder.out_net.sample(px_z))
+            x_prev = stage.decoder.out_net(px_z) if k < self.n_stages else None
         return pictures
 
     def sample(self, n, t=None, latents=()):
@@ -341,11 +321,10 @@ class MultiStageHVAE(Model):
 
     def sample_grid(self, originals, x_in, H):
         """Originals, the reconstruction after each stage, then for t = 1.0 and 0.9 the output of
-        each stage for one draw (N = 2: the two-stage model's grid)."""
+        each stage for one draw."""
         n = originals.shape[0]
-        recons = self.reconstruct_stages(x_in)
         rows = [np.asarray(originals.cpu(), dtype=np.uint8)]
-        rows += [picture(r) for r in recons]
+        rows += [picture(r) for r in self.reconstruct_stages(x_in)]
         for t in (1.0, 0.9):
             rows += self.sample_stages(n, [t] * self.trained_stage)
         return rows

@@ -1,8 +1,8 @@
 """progcode's flags and models, registered into the VDVAE core (loaded by hps_overrides)."""
 from vdvae.block_strings import parse_dec_blocks
 from vdvae.errors import ConfigError
-from vdvae.hps import (count, optional, positive, rate, register_arguments, register_check,
-                       register_flag_rules)
+from vdvae.hps import (comma_list, count, optional, positive, rate, register_arguments,
+                       register_check, register_flag_rules)
 from vdvae.models import register_model
 
 
@@ -30,22 +30,23 @@ def add_progcode_arguments(parser):
       help=_d('after warm-up, a cosine decay of the lr to 0 at this step, for short runs that '
               'must settle within their budget (the toy protocol); 0: a constant lr, as upstream'))
     a('--stage1_path', type=str, default=None,
-      help=_d('stage 2 (progressive): the stage-1 run folder or checkpoint'))
+      help=_d('two_stage, multi_stage (progressive): the stage-1 run folder or checkpoint, '
+              'frozen (the one-run spelling of --stage_paths)'))
     a('--stage1_init', type=str, default=None,
       help=_d('conventional two-stage: start stage 1 from this lambda-optimal stage-1 run '
               '(folder or checkpoint) instead of fresh; not the paper\'s baseline'))
     a('--training', choices=('progressive', 'conventional'), default='progressive',
       help=_d('two_stage, multi_stage: earlier stages frozen (progressive) or all by the joint '
               'ELBO'))
-    a('--distortion_targets', type=str, default=None,
+    a('--distortion_targets', type=comma_list(float), default=None,
       help=_d('multi_stage: lambda_1,...,lambda_{N-1}, decreasing, for N stages; none: '
               '--distortion_target alone (2 stages, the two-stage model)'))
-    a('--stage_paths', type=str, default=None,
+    a('--stage_paths', type=comma_list(str), default=None,
       help=_d('multi_stage (progressive): the runs (folders or checkpoints) of stages 1..K-1, '
               'comma-separated, frozen; this run trains stage K; none: stage 1'))
-    a('--stage_widths', type=str, default=None,
+    a('--stage_widths', type=comma_list(int), default=None,
       help=_d('multi_stage: the width of each stage, comma-separated; none: --width for all'))
-    a('--stage_temperatures', type=str, default=None,
+    a('--stage_temperatures', type=comma_list(float), default=None,
       help=_d('multi_stage: the sampling temperature of each stage, comma-separated; none: '
               'the sampler\'s --t for every stage'))
     a('--encoder_path', type=str, default=None,
@@ -76,18 +77,9 @@ def check_progressive_res(H):
 
 
 @register_check
-def check_stage1_init(H):
-    if H.get('stage1_init') and not (H.get('model') == 'two_stage'
-                                     and H.get('training') == 'conventional'):
-        raise ConfigError('--stage1_init starts the stage 1 of a conventionally trained two-stage '
-                          'model (--model two_stage --training conventional); for progressive '
-                          'stage 2 name the frozen stage 1 with --stage1_path')
-
-
-@register_check
 def check_stage_flags(H):
-    from .multi_stage import check_multi_stage_flags
-    check_multi_stage_flags(H)
+    from .multi_stage import check_chain_flags
+    check_chain_flags(H)
 
 
 def _build_masked(H):

@@ -43,3 +43,12 @@ class Stage1VAE(VAE):
 
     def after_update(self, stats):
         self.objective.lagrangian_step(stats)
+
+    # The stage interface of a chain (multi_stage.py); stage 1 has nothing before it.
+    def posterior(self, x, x_prev=None, get_latents=False):
+        """(px_z, per-block [{'kl', 'z'}]) of one posterior pass over x."""
+        return self.decoder(self.encoder(x), get_latents=get_latents)
+
+    def decode(self, n, x_prev=None, t=None, latents=()):
+        """px_z of n draws: the first len(latents) latents fixed, the rest from the prior at t."""
+        return self.decoder.forward_manual_latents(n, list(latents), t=t)

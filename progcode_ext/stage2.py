@@ -15,14 +15,11 @@ x_hat is passed on the loss-target scale (that of the [-1, 1] data, unclamped: t
 output as it is); the image input keeps the dataset's normalisation. The head is the discretized
 mixture of logistics, trained by the ELBO.
 """
-import math
-
 import torch
 from torch import nn
 
 from vdvae.hps import Hyperparams
 from vdvae.vae import Block, DecBlock, Decoder, Encoder
-from vdvae.vae_helpers import rate_per_example
 
 
 class ConditionalDecBlock(DecBlock):
@@ -42,7 +39,8 @@ class ConditionalDecoder(Decoder):
 
 class ConditionalVAE(nn.Module):
     """p(x, z | x_hat) and q(z | x, x_hat): `encoder` (image + x_hat), `cond_encoder` (x_hat),
-    `decoder` (conditional blocks, DMoL head)."""
+    `decoder` (conditional blocks, DMoL head). A stage of a chain (multi_stage.py), not a
+    `vdvae.contract.Model`: it needs the previous stage's x_hat besides the image."""
 
     def __init__(self, H):
         super().__init__()
@@ -51,26 +49,14 @@ class ConditionalVAE(nn.Module):
         self.cond_encoder = Encoder(H)
         self.decoder = ConditionalDecoder(H)
 
-    def forward(self, x, x_target, x_hat, get_latents=False):
-        """Per example: {'nll' (B,) -log p(x | z, x_hat) and 'rate' (B,) KL, both nats/dim,
-        'latents' [{'kl', 'z'}] per block (with 'z' if get_latents)}. A part of TwoStageHVAE, not a
-        `vdvae.contract.Model`: it needs x_hat besides the image."""
-        px_z, stats = self.posterior(x, x_hat, get_latents)
-        return dict(nll=self.decoder.out_net.nll(px_z, x_target),
-                    rate=rate_per_example(stats, math.prod(x.shape[1:])), latents=stats)
-
     def posterior(self, x, x_hat, get_latents=False):
         """(px_z, per-block [{'kl', 'z'}]) of one posterior pass, as `Decoder.forward`."""
         activations = self.encoder(torch.cat([x, x_hat.to(x.dtype)], dim=-1))
         cond = self.cond_encoder(x_hat)
         return self.decoder(activations, get_latents=get_latents, cond=cond)
 
-    def decode(self, x_hat, t=None, latents=()):
-        """The head's input px_z given x_hat: the first len(latents) latents fixed, the rest drawn
-        from the prior at temperature t."""
-        return self.decoder.forward_manual_latents(x_hat.shape[0], list(latents), t,
+    def decode(self, n, x_hat, t=None, latents=()):
+        """The head's input px_z for the n images of x_hat: the first len(latents) latents fixed,
+        the rest drawn from the prior at temperature t."""
+        return self.decoder.forward_manual_latents(n, list(latents), t,
                                                    cond=self.cond_encoder(x_hat))
-
-    def sample(self, x_hat, t=None, latents=()):
-        """NumPy uint8 NHWC samples of p(x | x_hat) (first len(latents) latents fixed)."""
-        return self.decoder.out_net.sample(self.decode(x_hat, t, latents))

@@ -154,7 +154,7 @@ def test_table2_headline_is_the_smallest_lambda_leaving_stage2_half_the_rate(cfg
 
 
 def test_stage_chains_match_parameters(cfg):
-    cfg.distortion_targets = '0.04,0.02,0.01'
+    cfg.distortion_targets = [0.04, 0.02, 0.01]
     try:
         assert stages.chain_targets(cfg) == {2: [0.01], 4: [0.04, 0.02, 0.01]}
         widths = stages.chain_widths(cfg)
@@ -170,7 +170,7 @@ def test_stage_chains_match_parameters(cfg):
         last = plan[5]
         assert last.after == ('stages4-s1-seed0', 'stages4-s2-seed0', 'stages4-s3-seed0')
         assert any(f.startswith('--stage_paths=') and f.count(',') == 2 for f in last.flags)
-        cfg.distortion_targets = '0.01'
+        cfg.distortion_targets = [0.01]
         with pytest.raises(common.ConfigError, match='at least two targets'):
             stages.chain_targets(cfg)
     finally:

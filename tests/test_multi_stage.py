@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from progcode_ext.multi_stage import (MeanHeadStage, MultiStageHVAE, distortion_targets,
-                                      frozen_stage_weights, parse_list, stage_hparams)
+                                      stage_hparams, stage_weights)
 from progcode_ext.stage1 import Stage1VAE
 from progcode_ext.two_stage import TwoStageHVAE
 from vdvae import get_hparams, train
 from vdvae.checkpoint import CheckpointError
 from vdvae.errors import ConfigError
-from vdvae.hps import Hyperparams
+from vdvae.hps import Hyperparams, comma_list
 from vdvae.logger import read_jsonl
 from vdvae.models import build_model
 
@@ -59,7 +59,7 @@ def test_two_stages_are_the_two_stage_hvae_exactly(training, tmp_path):
     H = get_hparams(f'mnist5k_{"stage2" if training == "progressive" else "conventional"}', **ARCH)
     if training == 'progressive':
         H.stage1_path = str(stage1_file(tmp_path, H))
-    multi_H = Hyperparams(H, model='multi_stage', stage_paths=H.stage1_path)
+    multi_H = Hyperparams(H, model='multi_stage')        # --stage1_path: the one-run spelling
     torch.manual_seed(0)
     two = TwoStageHVAE(H)
     torch.manual_seed(0)
@@ -84,8 +84,7 @@ def test_two_stages_are_the_two_stage_hvae_exactly(training, tmp_path):
         out = dict(stats={k: v.detach() for k, v in stats.items()}, grads=grads,
                    recon=list(model.reconstruct_stages(x)), latents=model.forward_get_latents(x))
         torch.manual_seed(5)
-        out['stages'] = list(model.sample_stages(2, [0.8, 0.5]) if model is multi else
-                             model.sample_stages(2, t1=0.8, t2=0.5))
+        out['stages'] = list(model.sample_stages(2, [0.8, 0.5]))
         torch.manual_seed(6)
         out['sample'] = model.sample(2, t=0.9)
         torch.manual_seed(7)
@@ -125,9 +124,9 @@ def test_three_stages_have_a_mean_head_in_the_middle_and_the_likelihood_last():
     assert len(recons) == 3 and all(r.shape == y.shape for r in recons)
     # stage 2 refines stage 1: its x_hat depends on stage 1's
     torch.manual_seed(1)
-    a = model.stage2.decode(recons[0], t=0.0)
+    a = model.stage2.decode(3, recons[0], t=0.0)
     torch.manual_seed(1)
-    b = model.stage2.decode(-recons[0], t=0.0)
+    b = model.stage2.decode(3, -recons[0], t=0.0)
     assert (a - b).abs().max() > 1e-4
     # one temperature per stage: at 0 every stage is deterministic given its input
     torch.manual_seed(2)
@@ -228,7 +227,7 @@ def test_stage_paths_are_checked(chain, tmp_path):
     with pytest.raises(ConfigError, match='trained on another stage 1'):
         build_model(three_stage_hparams(distortion_targets=TARGETS, stage_paths=f'{other},{s2}'))
     with pytest.raises(CheckpointError, match='holds no stage 2'):
-        frozen_stage_weights(str(s1 / 'latest-model-ema.th'), 2)
+        stage_weights(str(s1 / 'latest-model-ema.th'), 2)
 
 
 @pytest.mark.parametrize('flags, message', [
@@ -250,6 +249,7 @@ def test_stage_hparams_and_lists():
     H = three_stage_hparams(stage_widths='8,12,16')
     assert [stage_hparams(H, k).width for k in (1, 2, 3)] == [8, 12, 16]
     assert [stage_hparams(H, k).get('distortion_target') for k in (1, 2)] == [0.0512, 0.0128]
-    assert parse_list('1, 2', int, 'x') == [1, 2] and parse_list(None, int, 'x') == []
+    assert comma_list(int)('1, 2') == [1, 2] and comma_list(int)('') == []
+    assert H.stage_widths == [8, 12, 16] and H.distortion_targets == [0.0512, 0.0128]
     two = get_hparams('mnist5k_stage2', model='multi_stage', **ARCH)
     assert distortion_targets(two) == [two.distortion_target]

@@ -236,6 +236,35 @@ def add_vae_arguments(parser):
 EXTRA_ARGUMENTS = []
 
 
+def comma_list(kind):
+    """An argparse type for a comma-separated list of `kind` (int, float or str): '8,12' -> [8,
+    12], '' -> []. Presets and flags alike are parsed by it once, so H holds the list."""
+    what = {int: 'integers', float: 'numbers', str: 'paths'}[kind]
+
+    def parse(text):
+        if isinstance(text, (list, tuple)):
+            text = ','.join(map(str, text))
+        try:
+            return [kind(item.strip()) for item in str(text).split(',') if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected comma-separated {what}') from None
+    parse.__name__ = f'comma-separated {what}'
+    return parse
+
+
+def typed(parser, H):
+    """H with its string values of typed flags parsed as the command line parses them (for
+    overrides given in Python and for configs saved before a flag got its type)."""
+    types = {a.dest: a.type for a in parser._actions if callable(a.type) and a.type is not str}
+    for key, value in H.items():
+        if isinstance(value, str) and key in types:
+            try:
+                H[key] = types[key](value)
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise ConfigError(f'--{key} {value!r}: {e}') from None
+    return H
+
+
 def register_arguments(add_arguments):
     """Extensions register `add_arguments(parser)`; it runs in every `add_vae_arguments`."""
     if add_arguments not in EXTRA_ARGUMENTS:
@@ -387,6 +416,15 @@ def setup_hparams(argv=None, parser=None):
     return parse_args_and_update_hparams(Hyperparams(), parser, argv)
 
 
+def read_hparams(path):
+    """A run's saved hparams.json as Hyperparams, its list flags parsed (configs saved before they
+    were lists hold them as comma-separated text)."""
+    import json
+    with open(path) as f:
+        saved = json.load(f)
+    return typed(add_vae_arguments(argparse.ArgumentParser()), Hyperparams(saved))
+
+
 def get_hparams(*presets, **overrides):
     """Resolved Hyperparams for presets plus overrides, without a command line (for scripts)."""
     parser = add_vae_arguments(argparse.ArgumentParser())
@@ -395,4 +433,4 @@ def get_hparams(*presets, **overrides):
         if key not in H:
             raise ConfigError(unknown_name_message('hyperparameter', key, H.keys()))
     H.update(overrides)
-    return check_hparams(with_defaults(H))
+    return check_hparams(with_defaults(typed(parser, H)))

@@ -35,7 +35,7 @@ from vdvae.distributed import (all_reduce_mean, broadcast_from_main, cleanup,
                                match_gradient_layout, setup_distributed)
 from vdvae.errors import ConfigError, UserError
 from vdvae.evaluation import evaluate, load_batch
-from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
+from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams, read_hparams
 from vdvae.images import write_images
 from vdvae.logger import Logger, read_jsonl
 from vdvae.models import build_model
@@ -83,8 +83,7 @@ def check_run_dir(H, run_dir):
 def check_same_architecture(H, run_dir):
     """--resume: the flags must give the run's architecture (after the data set the geometry)."""
     try:
-        with open(os.path.join(run_dir, 'hparams.json')) as f:
-            saved = json.load(f)
+        saved = read_hparams(os.path.join(run_dir, 'hparams.json'))
     except (OSError, ValueError) as e:
         raise ConfigError(f'--resume: cannot read {run_dir}/hparams.json ({e}); the run folder is '
                           'damaged: start a new run with another --desc') from e

@@ -20,7 +20,7 @@ from vdvae.checkpoint import load_file, restore_params
 from vdvae.data import load_splits, resolve_geometry, set_up_data
 from vdvae.errors import ConfigError, UserError
 from vdvae.evaluation import evaluate, load_batch
-from vdvae.hps import Hyperparams, setup_hparams
+from vdvae.hps import read_hparams, setup_hparams
 from vdvae.models import build_model
 from vdvae.vae import VAE
 
@@ -96,8 +96,7 @@ def restore_vdvae(cfg, path):
 def load_run(folder, device, ema=True, prefix='latest'):
     """(H, model with the run's weights at `prefix` (EMA by default) in eval mode, eval split,
     preprocess_fn)."""
-    with open(os.path.join(folder, 'hparams.json')) as f:
-        H = Hyperparams(json.load(f))
+    H = read_hparams(os.path.join(folder, 'hparams.json'))
     H.test_eval = False
     H, _, data_eval, preprocess_fn = set_up_data(H)
     model = build_model(H)

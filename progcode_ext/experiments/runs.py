@@ -13,7 +13,6 @@ checks measure how much the model still moved over its last fifth (`convergence.
   the steps of one two-thread process (BENCHMARKS.md). The longest chain of work starts first.
 """
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 
 from vdvae.checkpoint import load_file
 from vdvae.errors import UserError
-from vdvae.hps import add_vae_arguments, parse_flags
+from vdvae.hps import add_vae_arguments, parse_flags, read_hparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -92,8 +91,7 @@ def launch_command(cfg, stage, done, launcher):
 def changed_settings(folder, argv):
     """'key: then -> now' for each flag of `argv` whose value differs from the one the run in
     `folder` was started with ('' when none does)."""
-    with open(os.path.join(folder, 'hparams.json')) as f:
-        saved = json.load(f)
+    saved = read_hparams(os.path.join(folder, 'hparams.json'))
     H = parse_flags(add_vae_arguments(argparse.ArgumentParser()), argv)
     return ', '.join(f'{k}: {saved[k]!r} -> {v!r}' for k, v in sorted(H.items())
                      if k not in RUN_CONTROL and v is not None and k in saved and saved[k] != v)

@@ -30,12 +30,11 @@ import numpy as np
 import torch
 
 from vdvae.errors import ConfigError
-from vdvae.hps import get_hparams, setup_hparams
+from vdvae.hps import comma_list, get_hparams, setup_hparams
 from vdvae.models import build_model
 
 from ..mean_head import mse_per_example
-from ..multi_stage import parse_list
-from ..two_stage import picture
+from ..mean_head import picture
 from . import convergence as cv
 from .common import (check_inputs, check_table, default_device, eval_images, evaluate_last_fifth,
                      evaluate_run, grid, load_run, mean_std, number, parse, plot,
@@ -49,7 +48,7 @@ COST = {1: 0.9, 'conditional': 2.0}          # time per step relative to a VDVAE
 
 def add_arguments(parser):
     add_sample_arguments(parser)
-    parser.add_argument('--distortion_targets', default=None,
+    parser.add_argument('--distortion_targets', type=comma_list(float), default=None,
                         help="the N-stage chain's lambda_1 > ... > lambda_{N-1}; the two-stage "
                              "chain uses the last (default: the X_stage3 preset's)")
     parser.add_argument('--n_images', type=number(1), default=8,
@@ -59,10 +58,9 @@ def add_arguments(parser):
 
 def chain_targets(cfg):
     """{number of stages: its distortion targets} of the two chains."""
-    text = cfg.distortion_targets or get_hparams(f'{cfg.hps}_stage3').distortion_targets
-    targets = parse_list(text, float, 'distortion_targets')
+    targets = cfg.distortion_targets or get_hparams(f'{cfg.hps}_stage3').distortion_targets
     if len(targets) < 2:
-        raise ConfigError(f'--distortion_targets {text!r}: give at least two targets (N >= 3 '
+        raise ConfigError(f'--distortion_targets {targets}: give at least two targets (N >= 3 '
                           'stages); the two-stage chain uses the last')
     return {2: targets[-1:], len(targets) + 1: targets}
 

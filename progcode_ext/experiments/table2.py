@@ -149,7 +149,7 @@ def draw_samples(model, n, batch, t=1.0):
     """(x_hat, samples), uint8 NHWC, from the two-stage model's prior at temperature t."""
     hats, xs = [], []
     for start in range(0, n, batch):
-        x_hat, x = model.sample_stages(min(batch, n - start), t1=t, t2=t)
+        x_hat, x = model.sample_stages(min(batch, n - start), [t, t])
         hats.append(x_hat)
         xs.append(x)
     return np.concatenate(hats), np.concatenate(xs)
