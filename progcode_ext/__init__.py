@@ -7,8 +7,9 @@ Progressive Coding", as extensions of the VDVAE core in `vdvae/`:
   stage1.py         lambda-optimal unconditional VDVAE (Section 5.1)
   masked.py         MaskedDecoder, the D_K probe and gamma-optimal training (A.2, Table 1)
   stage2.py         the conditional U-Net VDVAE (A.4)
-  two_stage.py      the full two-stage HVAE, progressive or conventional (Section 5.1, Table 2)
-  multi_stage.py    N stages: stage 1, lambda-optimal conditional middle stages, the likelihood
+  multi_stage.py    the chain of N stages, progressive or conventional: stage 1, lambda-optimal
+                    conditional middle stages, the likelihood (Section 3, eq. 3)
+  two_stage.py      its N = 2 case, the two-stage HVAE of Section 5.1 and Table 2
   register.py       flags and models, registered into the core
 Presets live in `hps_overrides/`.
 """

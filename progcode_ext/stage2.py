@@ -49,14 +49,15 @@ class ConditionalVAE(nn.Module):
         self.cond_encoder = Encoder(H)
         self.decoder = ConditionalDecoder(H)
 
-    def posterior(self, x, x_hat, get_latents=False):
-        """(px_z, per-block [{'kl', 'z'}]) of one posterior pass, as `Decoder.forward`."""
-        activations = self.encoder(torch.cat([x, x_hat.to(x.dtype)], dim=-1))
-        cond = self.cond_encoder(x_hat)
+    def posterior(self, x, x_prev, get_latents=False):
+        """(px_z, per-block [{'kl', 'z'}]) of one posterior pass given x_prev, the x_hat of the
+        stage before, as `Decoder.forward`."""
+        activations = self.encoder(torch.cat([x, x_prev.to(x.dtype)], dim=-1))
+        cond = self.cond_encoder(x_prev)
         return self.decoder(activations, get_latents=get_latents, cond=cond)
 
-    def decode(self, n, x_hat, t=None, latents=()):
-        """The head's input px_z for the n images of x_hat: the first len(latents) latents fixed,
+    def decode(self, n, x_prev, t=None, latents=()):
+        """The head's input px_z for the n images of x_prev: the first len(latents) latents fixed,
         the rest drawn from the prior at temperature t."""
         return self.decoder.forward_manual_latents(n, list(latents), t,
-                                                   cond=self.cond_encoder(x_hat))
+                                                   cond=self.cond_encoder(x_prev))

@@ -56,3 +56,16 @@ def test_the_recorded_checkpoints_are_the_two_stage_layout():
     stage1 = torch.load(os.path.join(OUT, 'stage1', 'latest-model-ema.th'), weights_only=True)
     assert all(torch.equal(sd['stage1.' + k], v) for k, v in stage1.items())
     assert np.isclose(float(sd['stage1.objective.multiplier.target_value']), 0.0064)
+
+
+def test_the_sample_command_of_then_on_the_recorded_runs(tmp_path):
+    from golden.two_stage_outputs import TINY_FLAGS
+    from vdvae.__main__ import main
+    for preset, run, extra in (('mnist16_stage2', 'stage2', ['--stage1_path',
+                                                             os.path.join(OUT, 'stage1')]),
+                               ('mnist16_conventional', 'conventional', [])):
+        out = tmp_path / f'{run}.png'
+        assert main(['sample', '--hps', preset, *TINY_FLAGS, *extra, '--restore_ema_path',
+                     os.path.join(OUT, run, 'latest-model-ema.th'), '--n', '2', '--t', '0.9',
+                     '--out', str(out)]) == 0
+        assert out.stat().st_size > 0

@@ -1,5 +1,7 @@
 """Progressive coding over N stages (progcode_ext/multi_stage.py): N = 2 is the two-stage HVAE
 exactly; three stages train one after the other, each earlier one frozen; flags are checked."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,11 +9,12 @@ import torch
 from progcode_ext.multi_stage import (MeanHeadStage, MultiStageHVAE, distortion_targets,
                                       stage_hparams, stage_weights)
 from progcode_ext.stage1 import Stage1VAE
+from progcode_ext.stage2 import ConditionalVAE
 from progcode_ext.two_stage import TwoStageHVAE
 from vdvae import get_hparams, train
 from vdvae.checkpoint import CheckpointError
 from vdvae.errors import ConfigError
-from vdvae.hps import Hyperparams, comma_list
+from vdvae.hps import Hyperparams, comma_list, read_hparams
 from vdvae.logger import read_jsonl
 from vdvae.models import build_model
 
@@ -253,3 +256,34 @@ def test_stage_hparams_and_lists():
     assert H.stage_widths == [8, 12, 16] and H.distortion_targets == [0.0512, 0.0128]
     two = get_hparams('mnist5k_stage2', model='multi_stage', **ARCH)
     assert distortion_targets(two) == [two.distortion_target]
+
+
+def test_every_stage_offers_the_same_calls():
+    """The chain calls `posterior(x, x_prev, get_latents)` and `decode(n, x_prev, t, latents)` on
+    every stage without asking its kind; stage 1 ignores x_prev."""
+    import inspect
+    for name in ('posterior', 'decode'):
+        signatures = {cls: list(inspect.signature(getattr(cls, name)).parameters)
+                      for cls in (Stage1VAE, MeanHeadStage, ConditionalVAE)}
+        assert len({tuple(s) for s in signatures.values()}) == 1, signatures
+    assert 'forward' not in vars(MeanHeadStage) and 'forward' not in vars(ConditionalVAE)
+    model = perturbed(build_model(three_stage_hparams(training='conventional')))
+    x, _ = batch()
+    for x_prev in (None, torch.randn(3, 32, 32, 1)):
+        torch.manual_seed(0)
+        px_z, _ = model.stage1.posterior(x, x_prev)
+        torch.manual_seed(1)
+        drawn = model.stage1.decode(3, x_prev, t=0.5)
+        if x_prev is None:
+            first = px_z, drawn
+    assert torch.equal(first[0], px_z) and torch.equal(first[1], drawn)
+
+
+def test_list_flags_are_lists_once_parsed(tmp_path):
+    H = three_stage_hparams(stage_widths='8,12,16', stage_temperatures='1,0.5,0')
+    assert H.distortion_targets == [0.0512, 0.0128] and H.stage_widths == [8, 12, 16]
+    assert H.stage_temperatures == [1.0, 0.5, 0.0]
+    old = tmp_path / 'hparams.json'          # a run saved when these flags were text
+    old.write_text(json.dumps(dict(H, distortion_targets='0.0512,0.0128', stage_paths='a,b')))
+    saved = read_hparams(old)
+    assert saved.distortion_targets == [0.0512, 0.0128] and saved.stage_paths == ['a', 'b']

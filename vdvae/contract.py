@@ -1,7 +1,8 @@
 """What every network offers to the tools that train, evaluate, picture and sample it.
 
 `Model` is the contract, in code: upstream's VAE, progcode's `Stage1VAE`, `ProbeVAE`, `MaskedVAE` and
-`TwoStageHVAE` (and whatever an extension registers in `vdvae.models`) subclass it, and
+`MultiStageHVAE` (with `TwoStageHVAE`, its two-stage case), and whatever an extension registers in
+`vdvae.models`, subclass it, and
 `train.py`, `evaluate`, the sample grid, `python -m vdvae sample`, the experiments and the adapter
 for upstream's loop use nothing else. Images cross it as NHWC: `x_in` as the dataset's
 preprocessing gives it, `x_target` and reconstructions on the loss-target scale [-1, 1], samples as

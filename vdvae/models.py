@@ -1,7 +1,7 @@
 """Which network `train.py` builds: `--model NAME` picks a factory `H -> Model`.
 
 The core registers `vdvae` (upstream's VAE). Extensions register theirs (progcode: `stage1`,
-`two_stage`, `masked`). What every network must offer is `vdvae.contract.Model`.
+`two_stage`, `multi_stage`, `masked`). What every network must offer is `vdvae.contract.Model`.
 """
 from .contract import Model
 from .errors import ConfigError

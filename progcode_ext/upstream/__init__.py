@@ -6,7 +6,8 @@
 `install(root)` imports the checkout's modules by name and, without editing any file:
 * registers progcode's presets in upstream's `HPARAMS_REGISTRY` and its flags in upstream's parser
   (`add_vae_arguments`);
-* puts a factory where upstream builds `VAE(H)`: `--model stage1 | two_stage | masked` builds
+* puts a factory where upstream builds `VAE(H)`: `--model stage1 | two_stage | multi_stage |
+  masked` builds
   progcode's network with upstream's model contract (`interface.py`); `--model vdvae` (default)
   keeps the checkout's own VAE;
 * serves progcode's datasets (svhn, celeba64, lsun_bedroom64, imagefolder) through upstream's

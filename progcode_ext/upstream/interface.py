@@ -7,9 +7,10 @@ draws its sample grid with `forward_get_latents`, `forward_samples_set_latents` 
 `forward_uncond_samples`. Our models return `loss` where their objective is not the negative ELBO.
 So, under upstream's loop:
 * `elbo` carries the gradient of the model's objective. Its value is the model's negative ELBO
-  where it has one (two_stage: the joint -ELBO, in nats/dim), else the objective itself (stage1 and
-  the masked models: the Lagrangian (1 - eta) R + eta D, with `rate`, `distortion` (MSE) and `eta`
-  beside it in the log).
+  where it has one (two_stage, and multi_stage up to its likelihood stage: the joint -ELBO, in
+  nats/dim), else the objective itself (stage1, a mean-head stage of multi_stage and the masked
+  models: the Lagrangian (1 - eta) R + eta D, with `rate`, `distortion` (MSE) and `eta` beside it
+  in the log).
 * the Lagrange multiplier steps after each applied update (`after_update`; upstream's loop calls
   `update_ema` then, see plugin.py), from the rank-averaged rate and distortion of that step.
 The network's state_dict is unchanged (no wrapper module), so checkpoints written by upstream's

@@ -111,8 +111,8 @@ def with_progcode_arguments(add_vae_arguments, registry):
         parser = add_vae_arguments(parser) or parser
         new = _NewOptionsOnly(parser)
         new.add_argument('--model', type=str, default='vdvae', choices=sorted(MODELS),
-                         help="network: 'vdvae' is the checkout's own VAE; stage1, two_stage and "
-                              "masked are progcode's (default: %(default)s)")
+                         help="network: 'vdvae' is the checkout's own VAE; stage1, two_stage, "
+                              "multi_stage and masked are progcode's (default: %(default)s)")
         new.add_argument('--num_iters', type=int, default=None,
                          help='stop after this many iterations, saved as latest (None: upstream\'s '
                               '--num_epochs); with it each save also writes latest-state.th '
