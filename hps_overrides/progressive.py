@@ -23,7 +23,7 @@ image size / 8). The toy's choices are ours (no paper number exists for them):
   eta's moving average 0.9. With A.5's lr 2e-4, eta cannot leave its start in a thousand steps;
   lr 0.05 with the average 0.99 made D swing by +-25% around lambda = 0.0512 (the average's lag);
   with a constant 0.03 a gamma-optimal run drifted to R'_K = 0.85 gamma in its last 100 steps,
-  with the decay it ended at 0.97 gamma (README, "The toy protocol");
+  with the decay it ended at 0.97 gamma (docs/results.md, "The toy protocol");
 * K at resolution <= 8 for mnist16: there the toy VDVAE's z_1..z_K carry 34 nats per image (90% of
   its rate, seed 0 of `scripts/demo.sh --full`). The paper's rule, image size / 8, leaves only the
   1x1 block (1.6%), and <= 4 carries 1.8 nats per image (4.6%): too little information for the

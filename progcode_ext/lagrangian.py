@@ -15,7 +15,7 @@ same start is eta = 1e-4 (`kl_annealing_init`, the default). Starting the rate-t
 almost alone first: the rate collapses far below gamma and comes back only slowly. On the scalar
 Gaussian problem of tests/test_lagrangian.py started at its optimum (gamma = 1.151 nats), with A.5's
 lr 2e-4: from 1e-4, R is within 0.2% of gamma by step 2,000; from 0.9999, R is 1.5% of gamma at
-steps 1,000 and 2,000 and reaches gamma only by step 7,000 (README, "The paper's method").
+steps 1,000 and 2,000 and reaches gamma only by step 7,000 (docs/method.md).
 
 eta is updated by Adam (lr 2e-4, betas (0, 0.999)) on the gradient of eq. (11), (D - lambda). The
 eta that weighs the objective is an exponential moving average (rate 0.99) of Adam's iterate: A.5

@@ -3,7 +3,7 @@
 #   Table 1 (conventional VDVAE 800K steps; D_K probe and gamma-optimal masked decoder 400K steps each),
 #   Figure 2 (stage-1 models for lambda = 0.0512 ... 0.0008, 800K steps each), Figure 4 (LPIPS vs MSE on
 #   those models), Table 2 (progressive vs conventional two-stage HVAE, 800K steps per stage, FID on 50K samples,
-#   progressive stage 2 on every stage 1 of the family; the headline lambda by the rule in the README).
+#   progressive stage 2 on every stage 1 of the family; the headline lambda by the rule in docs/results.md).
 # Called by scripts/{svhn,celeba64,lsun64}.sh. Re-running resumes: finished stages are never re-run.
 #
 # Environment:

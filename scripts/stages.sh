@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Two against three stages of progressive coding, at equal parameters and updates per parameter
-# (python -m progcode_ext.experiments.stages; README, "N stages").
+# (python -m progcode_ext.experiments.stages; docs/method.md and docs/results.md, "N stages").
 #   scripts/stages.sh                               # the toy: mnist16 on CPU, offline, seeds 0,1,2,
 #                                                   # 5 runs x 1,500 steps per seed (38 min, 2 cores)
 #   DATA_ROOT=/data NGPU=8 scripts/stages.sh svhn   # paper scale (celeba64, lsun64 likewise): 800K
