@@ -2,8 +2,8 @@
 # The GPU checks in one go, from the repository root of a machine with a CUDA GPU and a CUDA build
 # of torch:   bash bench/gpu_check.sh        (results under $OUT, default ./out)
 #   1. the tiny8 parity tests against upstream's recorded outputs, on the GPU (PROGCODE_DEVICE=cuda:
-#      TF32 off, the model's random draws taken from the CPU generator; see tests/conftest.py). They
-#      need upstream's reference outputs in ../shared/reference, or PROGCODE_SHARED set;
+#      TF32 off, the model's random draws taken from the CPU generator; see tests/conftest.py), against
+#      upstream's recorded outputs in tests/reference;
 #   2. bench/bench.py, cifar10 preset, batch 16, on the GPU: fp32 (TF32 off), tf32, bf16, fp16;
 #   3. torch.compile against eager, fp32 and bf16.
 # Then copy the printed figures, with the GPU's name from $OUT/gpu.json, into BENCHMARKS.md.
@@ -37,7 +37,7 @@ fi
 # 1. Parity on CUDA. The float64 finite-difference test builds its own CPU model and feeds it the
 #    fixture's (here CUDA) inputs, so it stays with the CPU run.
 parity=0
-PROGCODE_DEVICE=cuda PROGCODE_REQUIRE_REFERENCE=1 "$PYTHON" -m pytest -q \
+PROGCODE_DEVICE=cuda "$PYTHON" -m pytest -q \
     tests/test_parity_tiny8.py -k 'not finite_differences' 2>&1 | tee "$OUT/parity_cuda.txt" \
     || parity=$?
 

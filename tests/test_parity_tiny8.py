@@ -1,4 +1,4 @@
-"""The core against upstream's recorded outputs for the tiny8 model (../shared/reference)."""
+"""The core against upstream's recorded outputs for the tiny8 model (tests/reference)."""
 import json
 
 import numpy as np

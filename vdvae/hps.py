@@ -56,7 +56,7 @@ def unknown_name_message(kind, name, valid):
 
 
 # ------------------------------------------------------------------------------------------------
-# Presets (values as upstream's parser resolves them; see ../shared/reference/presets.json)
+# Presets (values as upstream's parser resolves them; see tests/reference/presets.json)
 
 HPARAMS_REGISTRY = {}
 
