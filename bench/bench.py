@@ -38,7 +38,6 @@ import argparse
 import ast
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from progcode_ext.experiments.machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -248,22 +249,6 @@ def run_once(args, config):
 # ------------------------------------------------------------------------------------------------
 # The driver
 
-def machine_info(args):
-    info = dict(python=platform.python_version(), torch=torch.__version__,
-                cpu_count=os.cpu_count(), threads=args.threads)
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                info['cpu'] = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        info['cpu'] = platform.processor()
-    if args.device == 'cuda' and torch.cuda.is_available():
-        info['gpu'] = torch.cuda.get_device_name(0)
-        info['cuda'] = torch.version.cuda
-    return info
-
-
 def spawn(argv, config, processes=1):
     """Run one measurement in fresh Python processes (`processes` of them at once); returns the
     result dict of each."""
@@ -330,8 +315,9 @@ def main(argv=None):
     names = args.configs.split(',')
     per_config = {name: [] for name in names}
     load_before = os.getloadavg()
+    machine = machine_info(args.threads, cuda=args.device == 'cuda')
     if args.layouts:
-        results = dict(machine=machine_info(args), command=' '.join(['bench/bench.py', *argv]),
+        results = dict(machine=machine, command=' '.join(['bench/bench.py', *argv]),
                        hparam_overrides=overrides(args), config=names[0],
                        layouts=throughput(argv, args), loadavg_before=load_before,
                        loadavg_after=os.getloadavg())
@@ -346,7 +332,7 @@ def main(argv=None):
             print(f"run {run + 1}/{args.runs} {name:>20}: step {result['step_s_median']:.3f} s  "
                   f"eval {result['eval_s_median']:.3f} s  "
                   f"peak {result['peak_mem_bytes'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
-    results = dict(machine=machine_info(args),
+    results = dict(machine=machine,
                    args={k: v for k, v in vars(args).items() if k != 'worker'},
                    hparam_overrides=overrides(args), command=' '.join(['bench/bench.py', *argv]),
                    loadavg_before=load_before, loadavg_after=os.getloadavg(),

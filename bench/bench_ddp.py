@@ -16,7 +16,6 @@ process's load disturbs less); the summary is the median over rounds and the rat
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from progcode_ext.experiments.machine import machine_info  # noqa: E402
 from vdvae.data import set_up_data  # noqa: E402
 from vdvae.distributed import (all_reduce_mean, cleanup, match_gradient_layout,  # noqa: E402
                                setup_distributed)
@@ -103,16 +103,6 @@ def timed(trainer, batches, n):
     return (elapsed / n).tolist()
 
 
-def machine():
-    cpu = platform.processor()
-    if os.path.exists('/proc/cpuinfo'):
-        names = [line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-                 if line.startswith('model name')]
-        cpu = names[0] if names else cpu
-    return dict(python=platform.python_version(), torch=torch.__version__,
-                cpu_count=os.cpu_count(), threads=torch.get_num_threads(), cpu=cpu)
-
-
 def main():
     args = parse_args()
     d = setup_distributed()
@@ -156,7 +146,7 @@ def report(args, H, trainers, rounds, cpu, load_before):
           f'{len(trainers["plain"].losses)} steps)')
     if args.json:
         out = dict(
-            machine=machine(), world_size=2, backend='gloo',
+            machine=machine_info(torch.get_num_threads()), world_size=2, backend='gloo',
             command='torchrun --nproc_per_node 2 bench/bench_ddp.py ' + ' '.join(sys.argv[1:]),
             hps=args.hps, n_batch=H.n_batch, channels_last=H.channels_last, warmup=args.warmup,
             steps=args.steps, reps=args.reps, load_average_before=load_before,

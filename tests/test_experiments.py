@@ -1,15 +1,16 @@
 """Each experiment end to end on a CPU-sized config: results.json, report.md and the PNGs are
-written and non-empty, finished stages are not re-run, claims are inconclusive when a model failed
-a convergence check, and the demo report states each claim. Plus the stage planner and the
+written and non-empty, finished runs are not re-run, claims are inconclusive when a model failed
+a convergence check, and the demo report states each claim. Plus the run planner and the
 convergence checks on their own."""
 import json
 import os
 
 import pytest
 
-from progcode_ext.experiments import (common, convergence, demo, lpips_vs_mse, profile, rd_curve,
-                                      runs, stages, table1, table2)
-from progcode_ext.experiments.runs import Stage
+from progcode_ext.experiments import (chains, cli, convergence, demo, evaluate, lpips_vs_mse,
+                                      profile, rd_curve, runs, stages, table1, table2)
+from progcode_ext.experiments.runs import ExperimentError, Run
+from vdvae.errors import ConfigError
 
 
 @pytest.fixture(scope='module')
@@ -60,12 +61,12 @@ def test_experiments_end_to_end(cfg, capsys, monkeypatch):
 
     # Table 2's reference statistics are the training split's (FID's usual reference)
     seen = []
-    real = table2.sample_quality
+    real = chains.sample_quality
 
     def spy(samples, reference, dataset, **kwargs):
         seen.append((len(reference), kwargs['reference_split']))
         return real(samples, reference, dataset, **kwargs)
-    monkeypatch.setattr(table2, 'sample_quality', spy)
+    monkeypatch.setattr(chains, 'sample_quality', spy)
     res = table2.run(cfg)
     written(os.path.join(cfg.out, 'table2'), 'report.md', 'table2.png',
             'samples-progressive-0.05.png', 'samples-progressive-0.02.png',
@@ -88,7 +89,7 @@ def test_experiments_end_to_end(cfg, capsys, monkeypatch):
     assert 'not FID' in report and "The metric's own noise" in report
     assert "conventional from stage 1 at 0.02 (not the paper's baseline)" in report
 
-    # table2's stage 1 is rd_curve's run at its target; every stage is finished now, so a second
+    # table2's stage 1 is rd_curve's run at its target; every run is finished now, so a second
     # pass trains nothing
     capsys.readouterr()
     table1.run(cfg)
@@ -123,7 +124,7 @@ def test_two_against_three_stages(cfg, capsys):
     report = open(os.path.join(cfg.out, 'stages', 'report.md')).read()
     assert 'not FID' in report and '| 3 stages | 0.0256, 0.0064 | 27, 27, 27 |' in report
     capsys.readouterr()
-    runs.run_stages(cfg, stages.stages(cfg))
+    runs.run_all(cfg, stages.plan(cfg))
     assert 'training' not in capsys.readouterr().out
 
 
@@ -146,11 +147,14 @@ def test_table2_headline_is_the_smallest_lambda_leaving_stage2_half_the_rate(cfg
     assert table2.untestable_reason([{'stage2_share': 0.3}]) is None
     # the plan: the rule's runs first; the headline's other seeds and the diagnostic row after
     monkeypatch.setattr(cfg, 'seeds', [0, 1])
-    names = [s.name for s in table2.stages(cfg, headline=0.02)]
-    assert [s.name for s in table2.rule_stages(cfg)] == names[:4]
+    names = [r.name for r in table2.plan(cfg, headline=0.02)]
+    assert [r.name for r in table2.rule_runs(cfg)] == names[:4]
     assert {'stage1-0.02-seed1', 'table2-stage2-0.02-seed1', 'table2-conventional-seed1',
             'table2-conventional-init0.02-seed0'} <= set(names)
     assert 'stage1-0.05-seed1' not in names
+    stage2 = next(r for r in table2.plan(cfg, headline=0.02) if r.name == 'table2-stage2-0.02-seed1')
+    assert stage2.after == ('stage1-0.02-seed1',)                  # on its own seed's stage 1
+    assert stage2.flags[-1] == f"--stage1_path={runs.run_dir(cfg, 'stage1-0.02-seed1')}"
 
 
 def test_stage_chains_match_parameters(cfg):
@@ -164,14 +168,14 @@ def test_stage_chains_match_parameters(cfg):
         for w in {widths[4][0] - 1, widths[4][0] + 1}:     # no common width is closer
             other = stages.parameter_count(cfg, [0.04, 0.02, 0.01], [w] * 4)
             assert abs(other - two) >= abs(four - two)
-        plan = stages.stages(cfg)
-        assert [s.name for s in plan[:6]] == ['stages2-s1-seed0', 'stages2-s2-seed0'] + [
+        plan = stages.plan(cfg)
+        assert [r.name for r in plan[:6]] == ['stages2-s1-seed0', 'stages2-s2-seed0'] + [
             f'stages4-s{k}-seed0' for k in (1, 2, 3, 4)]
         last = plan[5]
         assert last.after == ('stages4-s1-seed0', 'stages4-s2-seed0', 'stages4-s3-seed0')
         assert any(f.startswith('--stage_paths=') and f.count(',') == 2 for f in last.flags)
         cfg.distortion_targets = [0.01]
-        with pytest.raises(common.ConfigError, match='at least two targets'):
+        with pytest.raises(ConfigError, match='at least two targets'):
             stages.chain_targets(cfg)
     finally:
         cfg.distortion_targets = None
@@ -200,7 +204,7 @@ def test_without_weights_and_without_standin_the_error_names_the_file(cfg, capsy
 def test_profile_of_a_trained_checkpoint(cfg):
     ckpt = os.path.join(cfg.out, 'runs', 'vdvae-seed0', 'latest-model-ema.th')
     if not os.path.exists(ckpt):
-        runs.run_stages(cfg, table1.stages(cfg)[:1])
+        runs.run_all(cfg, table1.plan(cfg)[:1])
     cfg.checkpoint, cfg.probe_steps = ckpt, 2
     try:
         rows = profile.run(cfg)
@@ -213,57 +217,57 @@ def test_profile_of_a_trained_checkpoint(cfg):
     assert res['rows'][2]['k'] == 5 and res['table1']['res'] == 8
 
 
-def test_lr_decay_ends_each_stage_at_its_own_last_step(cfg, monkeypatch):
-    stage = Stage('x', 'mnist16', 40)
-    assert '--lr_decay_iters' not in runs.stage_argv(cfg, stage)
+def test_lr_decay_ends_each_run_at_its_own_last_step(cfg, monkeypatch):
+    run = Run('x', 'mnist16', 40)
+    assert '--lr_decay_iters' not in runs.run_argv(cfg, run)
     monkeypatch.setattr(cfg, 'lr_decay', True, raising=False)
-    argv = runs.stage_argv(cfg, stage)
+    argv = runs.run_argv(cfg, run)
     assert argv[argv.index('--lr_decay_iters') + 1] == '40'
 
 
-def test_a_finished_stage_with_other_settings_is_not_reused(cfg):
-    vdvae = table1.stages(cfg)[0]
-    runs.run_stages(cfg, [vdvae])
-    assert runs.run_stages(cfg, [vdvae])[vdvae.name].endswith('vdvae-seed0')
-    changed = Stage(vdvae.name, vdvae.preset, vdvae.steps, vdvae.flags + ('--lr', '0.5'))
-    with pytest.raises(common.ExperimentError, match=r"lr: [0-9.e-]+ -> 0\.5.*use another --out"):
-        runs.run_stages(cfg, [changed])
+def test_a_finished_run_with_other_settings_is_not_reused(cfg):
+    vdvae = table1.plan(cfg)[0]
+    runs.run_all(cfg, [vdvae])
+    assert runs.run_all(cfg, [vdvae])[vdvae.name].endswith('vdvae-seed0')
+    changed = Run(vdvae.name, vdvae.preset, vdvae.steps, vdvae.flags + ('--lr', '0.5'))
+    with pytest.raises(ExperimentError, match=r"lr: [0-9.e-]+ -> 0\.5.*use another --out"):
+        runs.run_all(cfg, [changed])
 
 
 # ------------------------------------------------------------------------------------------------
-# The stage planner
+# The run planner
 
 @pytest.mark.slow
-def test_parallel_stages_respect_dependencies_and_train_in_subprocesses(cfg, tmp_path):
+def test_parallel_runs_respect_dependencies_and_train_in_subprocesses(cfg, tmp_path):
     cfg2 = demo.config(str(tmp_path), 'quick', jobs=2)
     cfg2.train_flags += ' --n_batch 4'
-    plan = [Stage('a', 'mnist16_stage1', 5), Stage('b', 'mnist16', 5),
-            Stage('c', 'mnist16_stage2', 5, (f"--stage1_path={tmp_path / 'runs' / 'a'}",),
-                  after=('a',))]
-    folders = runs.run_stages(cfg2, plan)
+    plan = [Run('a', 'mnist16_stage1', 5), Run('b', 'mnist16', 5),
+            Run('c', 'mnist16_stage2', 5, (f"--stage1_path={tmp_path / 'runs' / 'a'}",),
+                after=('a',))]
+    folders = runs.run_all(cfg2, plan)
     for name in 'abc':
-        assert common.run_steps(folders[name]) == 5
+        assert evaluate.run_steps(folders[name]) == 5
         assert os.path.exists(os.path.join(folders[name], 'iter-4-model-ema.th'))  # 4/5 of 5
     # each trained in its own one-thread process (2 cores / 2 jobs, or 1 where there is 1 core)
     assert os.path.getsize(tmp_path / 'runs' / 'c.out') >= 0
 
 
 @pytest.mark.slow
-def test_a_failed_parallel_stage_is_one_clear_error(tmp_path):
+def test_a_failed_parallel_run_is_one_clear_error(tmp_path):
     cfg = demo.config(str(tmp_path), 'quick', jobs=2)
-    plan = [Stage('bad', 'mnist16', 5, ('--width', 'wide'))]
-    with pytest.raises(common.ExperimentError, match=r"stage bad failed \(exit 2\).*width"):
-        runs.run_stages(cfg, plan)
+    plan = [Run('bad', 'mnist16', 5, ('--width', 'wide'))]
+    with pytest.raises(ExperimentError, match=r"run bad failed \(exit 2\).*width"):
+        runs.run_all(cfg, plan)
 
 
 def test_plan_checks_and_critical_path():
-    a, b = Stage('a', 'p', 10), Stage('b', 'p', 10, cost=3.0)
-    c = Stage('c', 'p', 100, after=('a',))
+    a, b = Run('a', 'p', 10), Run('b', 'p', 10, cost=3.0)
+    c = Run('c', 'p', 100, after=('a',))
     assert runs.check_plan([a, b, c, a]) == [a, b, c]
-    with pytest.raises(common.ExperimentError, match="two different stages are named 'a'"):
-        runs.check_plan([a, Stage('a', 'p', 11)])
-    with pytest.raises(common.ExperimentError, match='needs stage z, which is not planned'):
-        runs.check_plan([Stage('y', 'p', 1, after=('z',))])
+    with pytest.raises(ExperimentError, match="two different runs are named 'a'"):
+        runs.check_plan([a, Run('a', 'p', 11)])
+    with pytest.raises(ExperimentError, match='needs run z, which is not planned'):
+        runs.check_plan([Run('y', 'p', 1, after=('z',))])
     # a waits for nothing but has the longest chain behind it: it goes first
     assert runs.critical_path([a, b, c]) == {'a': 110, 'b': 30, 'c': 100}
     assert runs.last_fifth_step(1500) == 1200 and runs.last_fifth_step(5) == 4
@@ -289,10 +293,13 @@ def test_convergence_checks():
     assert 'm: -ELBO moved < 2%' in convergence.describe_failures([ok, moved])
 
 
-def test_seeds_and_steps_are_validated():
-    assert common.parse_seeds('0,1,2') == [0, 1, 2]
-    for bad in ('', '0,0', 'a'):
+def test_seeds_and_steps_are_validated(capsys):
+    assert cli.parse(['--seeds', '0,1,2'], 'd').seeds == [0, 1, 2]
+    for bad in ('', '0,0'):
         with pytest.raises(ValueError, match='--seeds'):
-            common.parse_seeds(bad)
+            cli.parse(['--seeds', bad], 'd')
+    with pytest.raises(SystemExit):
+        cli.parse(['--seeds', 'a'], 'd')
+    assert '--seeds' in capsys.readouterr().err
     with pytest.raises(ValueError, match='--steps 3: at least 5'):
-        common.parse(['--steps', '3', '--out', '/tmp/x'], 'd')
+        cli.parse(['--steps', '3', '--out', '/tmp/x'], 'd')

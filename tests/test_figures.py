@@ -6,7 +6,6 @@ import pytest
 
 pytest.importorskip('matplotlib')
 
-from progcode_ext.experiments import common                               # noqa: E402
 from progcode_ext.experiments.figures import grid, log_axis, plot         # noqa: E402
 
 TARGETS = [0.0512, 0.0256, 0.0128, 0.0064, 0.0032]
@@ -122,9 +121,7 @@ def test_values_out_of_view_fall_back_to_readable_ticks(figure):
     assert len(texts) >= 2 and {'0.2', '0.5'} <= set(texts)
 
 
-def test_helpers_are_re_exported_by_common_and_grid_is_upscaled(tmp_path):
-    from progcode_ext.experiments import figures
-    assert common.plot is plot and common.grid is grid and common.as_uint8 is figures.as_uint8
+def test_grid_is_upscaled(tmp_path):
     rows = [np.zeros((4, 32, 32, 1), np.uint8), np.full((4, 32, 32, 1), 255, np.uint8)]
     path = grid(rows, tmp_path / 'g.png')
     image = imageio.imread(path)

@@ -369,9 +369,17 @@ def no_real_packages(monkeypatch):
     monkeypatch.setitem(sys.modules, 'lpips', None)
 
 
+@pytest.fixture
+def lines(monkeypatch):
+    """The lines the metrics log, each choice with its reason (none was logged before the test,
+    so none is logged in short)."""
+    monkeypatch.setattr(metrics, '_LOGGED', {})
+    return []
+
+
 @pytest.mark.slow
 def test_entry_points_use_the_standin_only_when_allowed_and_say_so(mnist, cache_dir,
-                                                                   no_real_packages):
+                                                                   no_real_packages, lines):
     splits, _, info = mnist
     gen, ref = splits['test'][list(range(200))], splits['train']
     with pytest.raises(MissingWeightsError, match='allow_standin'):
@@ -384,26 +392,29 @@ def test_entry_points_use_the_standin_only_when_allowed_and_say_so(mnist, cache_
     with pytest.raises(MissingWeightsError, match='no_such.pth'):   # a given file: no fallback
         metrics.sample_quality(gen, ref, 'mnist5k', fid_weights='no_such.pth',
                                allow_standin=True, cache_dir=cache_dir)
-    lines = []
-    name, value = metrics.sample_quality(gen, ref, 'mnist5k', allow_standin=True,
-                                         cache_dir=cache_dir, reference_split='train',
-                                         n_reference=1000, logprint=lines.append)
-    assert name == 'FD-mnist5k' and value > 0 and np.isfinite(value)
-    choice = metrics.last_choice('sample_quality')
-    assert not choice.real and choice.name == name and 'FID unavailable' in choice.reason
-    assert 'STAND-IN' in lines[-1] and 'FD-mnist5k' in lines[-1]
-    assert choice.details['n_generated'] == 200 and choice.details['n_reference'] == 1000
-    name, d = metrics.perceptual_distance(gen, noisy(gen, 40), 'mnist5k', allow_standin=True,
-                                          cache_dir=cache_dir, logprint=lines.append)
-    assert name == 'PD-mnist5k' and d.shape == (200,) and np.all(d > 0)
-    assert 'LPIPS unavailable' in metrics.last_choice('perceptual').reason
-    for n in (name, metrics.last_choice('sample_quality').name):
+    fd, value = metrics.sample_quality(gen, ref, 'mnist5k', allow_standin=True,
+                                       cache_dir=cache_dir, reference_split='train',
+                                       n_reference=1000, logprint=lines.append)
+    assert fd == 'FD-mnist5k' and value > 0 and np.isfinite(value)
+    assert lines[-1].startswith('sample_quality: using FD-mnist5k (STAND-IN, not comparable with '
+                                'FID): FID unavailable')
+    assert lines[-1].endswith('; 200 generated vs 1000 reference images')
+    pd, d = metrics.perceptual_distance(gen, noisy(gen, 40), 'mnist5k', allow_standin=True,
+                                        cache_dir=cache_dir, logprint=lines.append)
+    assert pd == 'PD-mnist5k' and d.shape == (200,) and np.all(d > 0)
+    assert lines[-1].startswith('perceptual: using PD-mnist5k (STAND-IN, not comparable with '
+                                'LPIPS): LPIPS unavailable')
+    for n in (fd, pd):
         assert 'FID' not in n and 'LPIPS' not in n
+    metrics.sample_quality(gen, ref, 'mnist5k', allow_standin=True, cache_dir=cache_dir,
+                           reference_split='train', n_reference=1000, logprint=lines.append)
+    assert lines[-1] == ('sample_quality: using FD-mnist5k (STAND-IN, not comparable with FID), '
+                         'as before')                     # the same choice again: in short
 
 
 @pytest.mark.slow
 def test_entry_points_pick_the_real_metrics_when_available(fake_pytorch_fid, fake_lpips, mnist,
-                                                           cache_dir, monkeypatch):
+                                                           cache_dir, monkeypatch, lines):
     splits, _, _ = mnist
     gen, ref = splits['test'][list(range(20))], splits['train']
     shapes = []
@@ -415,15 +426,16 @@ def test_entry_points_pick_the_real_metrics_when_available(fake_pytorch_fid, fak
     with pytest.warns(RuntimeWarning, match='sha256'):
         name, value = metrics.sample_quality(gen, ref, 'mnist5k', fid_weights=fake_pytorch_fid,
                                              allow_standin=True, n_reference=30,
-                                             cache_dir=cache_dir)
-    assert (name, value) == ('FID', 1.25) and metrics.last_choice().real
+                                             cache_dir=cache_dir, logprint=lines.append)
+    assert (name, value) == ('FID', 1.25)
+    assert lines[-1].startswith('sample_quality: using FID (the standard metric): ')
     assert shapes == [((2048,), (2048, 2048)) * 2]
     name, d = metrics.perceptual_distance(gen, gen, 'mnist5k', lpips_weights=fake_lpips[0],
                                           cache_dir=cache_dir)
     assert name == 'LPIPS-alex' and np.all(d == 0)
     name, _ = metrics.sample_quality(gen, ref, 'mnist5k', metric='standin', n_reference=30,
-                                     cache_dir=cache_dir)
-    assert name == 'FD-mnist5k' and 'requested' in metrics.last_choice().reason
+                                     cache_dir=cache_dir, logprint=lines.append)
+    assert name == 'FD-mnist5k' and 'stand-in requested' in lines[-1]
 
 
 def test_reference_stats_are_cached_per_metric_dataset_split_and_n(tmp_path):
@@ -446,7 +458,7 @@ def test_reference_stats_are_cached_per_metric_dataset_split_and_n(tmp_path):
 
 
 @pytest.mark.slow
-def test_generated_images_from_a_sampler(mnist, cache_dir, no_real_packages):
+def test_generated_images_from_a_sampler(mnist, cache_dir, no_real_packages, lines):
     splits, _, _ = mnist
     pool = splits['test'][list(range(100))].numpy()
     drawn = []
@@ -455,9 +467,10 @@ def test_generated_images_from_a_sampler(mnist, cache_dir, no_real_packages):
         drawn.append(n)
         return pool[sum(drawn) - n:sum(drawn)]
     name, _ = metrics.sample_quality(sampler, splits['train'], 'mnist5k', allow_standin=True,
-                                     n_samples=70, n_reference=200, cache_dir=cache_dir)
+                                     n_samples=70, n_reference=200, cache_dir=cache_dir,
+                                     logprint=lines.append)
     assert name == 'FD-mnist5k' and sum(drawn) == 70
-    assert metrics.last_choice().details['n_generated'] == 70
+    assert lines[-1].endswith('; 70 generated vs 200 reference images')
     with pytest.raises(TypeError, match='uint8'):
         metrics.sample_quality(lambda n: np.zeros((n, 32, 32, 1), np.float32), splits['train'],
                                'mnist5k', allow_standin=True, n_samples=4, n_reference=200,

@@ -1,6 +1,6 @@
 """progcode inside a checkout of openai/vdvae (progcode_ext/upstream, patches/).
 
-Each test that needs a checkout runs on each one present: the STAND-IN in tests/upstream_standin
+Each test that needs a checkout runs on each one present: the FAKE in tests/fake_upstream
 (upstream's module names, entry points and dependencies (CUDA, NCCL, MPI, apex) written from
 ../shared/spec/vdvae_upstream.md, not upstream code) always, and the vdvae_upstream submodule when
 it is populated. The checkout is copied into a folder named `vdvae`, as `git clone` names it.
@@ -26,7 +26,7 @@ from progcode_ext.upstream import CheckoutError, recognise
 from progcode_ext.upstream.patcher import BEGIN, PatchError, patch
 from progcode_ext.upstream.patcher import main as patcher_main
 
-STANDIN = Path(__file__).parent / 'upstream_standin'
+FAKE = Path(__file__).parent / 'fake_upstream'
 PATCHER = Path(__file__).parents[1] / 'patches' / 'upstream_hook.py'
 TINY = ['--width', '16', '--zdim', '4', '--n_batch', '4', '--num_mixtures', '2',
         '--dec_blocks', '1x1,4m1,4x1,8m4,8x1,16m8,16x1,32m16,32x1',
@@ -39,12 +39,12 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
 SUBMODULE = Path(__file__).resolve().parents[1] / 'vdvae_upstream'
 POPULATED = (SUBMODULE / 'train.py').is_file()
-CHECKOUTS = [pytest.param(STANDIN, id='standin'),
+CHECKOUTS = [pytest.param(FAKE, id='fake'),
              pytest.param(SUBMODULE, id='vdvae_upstream', marks=pytest.mark.skipif(
                  not POPULATED, reason='the vdvae_upstream submodule is empty here (git '
                                        'submodule update --init vdvae_upstream; this machine has '
                                        'no network)'))]
-# what upstream's data.py imports besides torch and NumPy (the stand-in's imports scikit-learn only)
+# what upstream's data.py imports besides torch and NumPy (the fake's imports scikit-learn only)
 UPSTREAM_IMPORTS = ('sklearn', 'torchvision')
 
 
@@ -60,14 +60,14 @@ def stop_at(num_iters):
 @pytest.fixture(params=CHECKOUTS)
 def each_checkout(tmp_path, request):
     """tmp/vdvae (a copy of a checkout) and tmp/images (RGB 32x32 PNGs: 24 train, 8 valid), for
-    each checkout present: the stand-in, and the submodule when populated."""
+    each checkout present: the fake, and the submodule when populated."""
     return make_checkout(tmp_path, request.param)
 
 
 @pytest.fixture
 def each_runnable_checkout(each_checkout, request):
     """`each_checkout`, for tests that import the checkout's modules: the submodule's data.py
-    also imports torchvision, which the stand-in does not."""
+    also imports torchvision, which the fake does not."""
     if request.node.callspec.params['each_checkout'] == SUBMODULE:
         missing = [m for m in UPSTREAM_IMPORTS if importlib.util.find_spec(m) is None]
         if missing:
@@ -102,7 +102,7 @@ def plugin(*args, **kwargs):
 
 
 def records(run_dir, kind='train_loss', repeats=False):
-    """The log's records of `kind`. Upstream's loop (and so the stand-in) logs a second train_loss
+    """The log's records of `kind`. Upstream's loop (and so the fake) logs a second train_loss
     record at each save step, after the step count went up and before the next update: the same
     statistics again under the next step number. Those repeats are left out (unless `repeats`)."""
     with open(Path(run_dir) / 'log.jsonl') as f:
@@ -367,7 +367,7 @@ def test_upstreams_own_vae_and_data_with_the_fixes(each_runnable_checkout):
     """--model vdvae keeps the checkout's VAE and its cifar10 loader (the np.vstack fix), with
     warmup_iters 0 (the division fix); checkpoints are upstream's files, written as one set."""
     checkout = each_runnable_checkout
-    # upstream holds out 5000 training images for validation (the stand-in a fifth, at most 5000):
+    # upstream holds out 5000 training images for validation (the fake a fifth, at most 5000):
     # 5060 leave it 60, 15 iterations an epoch, so no evaluation in these runs; labels 0..9
     write_cifar(checkout / 'cifar', n_per_batch=1012)
     for batch in (checkout / 'cifar' / 'cifar-10-batches-py').iterdir():

@@ -10,7 +10,7 @@ from progcode_ext.upstream import checkout
 from progcode_ext.upstream.patcher import main as patcher_main
 
 REPO = Path(__file__).resolve().parents[1]
-STANDIN = Path(__file__).parent / 'upstream_standin'
+FAKE = Path(__file__).parent / 'fake_upstream'
 PINNED = 'ea35b490313bc33e7f8ac63dd8132f3cc1a729b4'
 POPULATED = (REPO / 'vdvae_upstream' / 'train.py').is_file()
 
@@ -70,7 +70,7 @@ OTHER = '0123456789abcdef0123456789abcdef01234567'
 @pytest.mark.parametrize('layout', ['detached', 'branch', 'packed', 'submodule'])
 def test_the_commit_is_read_from_git_metadata(layout, tmp_path):
     root = tmp_path / 'vdvae'
-    shutil.copytree(STANDIN, root)
+    shutil.copytree(FAKE, root)
     if layout == 'detached':
         fake_git(root, OTHER)
     elif layout == 'branch':
@@ -86,7 +86,7 @@ def test_the_commit_is_read_from_git_metadata(layout, tmp_path):
 def test_another_commit_is_used_with_a_warning_naming_both(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('RANK', raising=False)
     root = tmp_path / 'vdvae'
-    shutil.copytree(STANDIN, root)
+    shutil.copytree(FAKE, root)
     fake_git(root, OTHER)
     assert patcher_main(['apply', str(root), '--dry-run']) == 0       # used anyway
     out = capsys.readouterr().out

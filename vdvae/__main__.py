@@ -13,7 +13,7 @@ import torch
 from .block_strings import check_architecture
 from .checkpoint import check_can_write, restore_params
 from .data import resolve_geometry
-from .errors import ConfigError, UserError
+from .errors import ConfigError, exit_status
 from .hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
 from .images import tile_images, write_image
 from .models import build_model
@@ -101,7 +101,8 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and not argv[0].startswith('-') else None
-    try:
+
+    def run():
         H = Hyperparams()
         if command in commands.choices:
             resolve_geometry(parse_args_and_update_hparams(H, commands.choices[command], argv[1:]))
@@ -113,10 +114,7 @@ def main(argv=None):
             sample(H)
         else:
             summary(H)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run)
 
 
 if __name__ == '__main__':

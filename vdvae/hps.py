@@ -252,6 +252,20 @@ def comma_list(kind):
     return parse
 
 
+def number(low, kind=int, strict=False):
+    """An argparse type: a `kind` >= low (> low if strict), or argparse's one-line error."""
+    def parse_number(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = 'an integer' if kind is int else 'a number'
+            raise argparse.ArgumentTypeError(f'{text!r} is not {what}') from None
+        if not (value > low if strict else value >= low):
+            raise argparse.ArgumentTypeError(f'{text!r}: must be {">" if strict else ">="} {low}')
+        return value
+    return parse_number
+
+
 def typed(parser, H):
     """H with its string values of typed flags parsed as the command line parses them (for
     overrides given in Python and for configs saved before a flag got its type)."""

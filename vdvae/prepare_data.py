@@ -26,7 +26,7 @@ import torch
 
 from .data import (LOADERS, CorruptDataError, ImageShapeError, MissingDataError, list_images,
                    load_splits, read_image)
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, exit_status
 
 
 class OutputExistsError(UserError, FileExistsError):
@@ -347,25 +347,24 @@ def main(argv=None):
     p.add_argument('--val', required=True, help='bedroom_val_lmdb folder or image folder')
     p.add_argument('--max_images', type=int, default=None,
                    help='convert only the first N training images (default: all)')
-    args = parser.parse_args(argv)
-    try:
-        if args.command == 'check':
-            check(args.dataset, args.data_root)
-        elif args.command == 'imagenet':
-            convert_imagenet(args.size, args.train, args.valid, args.out, args.overwrite)
-        elif args.command == 'ffhq256':
-            convert_ffhq256(args.src, args.out, args.overwrite)
-        elif args.command == 'ffhq1024':
-            arrange_ffhq1024(args.src, args.out, args.link, args.overwrite)
-        elif args.command == 'celeba64':
-            convert_celeba64(args.src, args.out, args.partition, args.overwrite)
-        elif args.command == 'lsun_bedroom64':
-            convert_lsun_bedroom64(args.train, args.val, args.out, args.max_images,
-                                   args.overwrite)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(convert, parser.parse_args(argv))
+
+
+def convert(args):
+    """Run the subcommand `args.command` of `main`."""
+    if args.command == 'check':
+        check(args.dataset, args.data_root)
+    elif args.command == 'imagenet':
+        convert_imagenet(args.size, args.train, args.valid, args.out, args.overwrite)
+    elif args.command == 'ffhq256':
+        convert_ffhq256(args.src, args.out, args.overwrite)
+    elif args.command == 'ffhq1024':
+        arrange_ffhq1024(args.src, args.out, args.link, args.overwrite)
+    elif args.command == 'celeba64':
+        convert_celeba64(args.src, args.out, args.partition, args.overwrite)
+    elif args.command == 'lsun_bedroom64':
+        convert_lsun_bedroom64(args.train, args.val, args.out, args.max_images,
+                               args.overwrite)
 
 
 if __name__ == '__main__':

@@ -70,5 +70,12 @@ def verdict(held_per_seed, checks):
     return 'held' if all(held_per_seed) else 'did not hold'
 
 
+def failure_lines(checks, models=None):
+    """'model: check failed (numbers)' for each failed check (of `models` only, when given): what
+    an inconclusive verdict names."""
+    return [f'{c.model}: {c.check} failed ({c.detail})' for c in failures(checks)
+            if models is None or c.model in models]
+
+
 def describe_failures(checks):
-    return '; '.join(f'{c.model}: {c.check} failed ({c.detail})' for c in failures(checks))
+    return '; '.join(failure_lines(checks))

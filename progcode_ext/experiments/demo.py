@@ -21,22 +21,24 @@ import time
 
 import numpy as np
 
-from vdvae.errors import ConfigError
-
 from . import convergence as cv
 from . import lpips_vs_mse, rd_curve, table1, table2
-from .common import check_inputs, machine, mean_std, parse_seeds, run_main, say
+from .cli import check_inputs, number, run_main
+from .machine import machine
+from .report import mean_std
+from .runs import say
+from .verdicts import RULE
 
 # Periodic evaluations and image grids off (the experiments evaluate what they need, once);
 # checkpoints every 250 steps, so that an interrupted demo resumes close to where it stopped.
 RUN_FLAGS = '--epochs_per_eval 1000000 --iters_per_images 100000000 --iters_per_save 250'
 STEPS_DEFAULT = 700
 SCALES = {
-    'quick': dict(seeds='0', steps=30, probe_steps=30, targets='0.1024,0.0064', n_eval=100,
+    'quick': dict(seeds=[0], steps=30, probe_steps=30, targets='0.1024,0.0064', n_eval=100,
                   n_images=32, n_samples=100),
-    'default': dict(seeds='0', steps=STEPS_DEFAULT, probe_steps=STEPS_DEFAULT,
+    'default': dict(seeds=[0], steps=STEPS_DEFAULT, probe_steps=STEPS_DEFAULT,
                     targets='0.1024,0.0512,0.0128', n_eval=0, n_images=256, n_samples=1000),
-    'full': dict(seeds='0,1,2', steps=1200, probe_steps=2000,
+    'full': dict(seeds=[0, 1, 2], steps=1200, probe_steps=2000,
                  targets='0.1024,0.0512,0.0256,0.0128,0.0064', n_eval=0, n_images=256,
                  n_samples=2000),
 }
@@ -47,19 +49,17 @@ def default_jobs():
 
 
 def config(out, scale, jobs=None):
-    settings = dict(SCALES[scale])
-    seeds = parse_seeds(settings.pop('seeds'))
     return argparse.Namespace(hps='mnist16', out=out, train_flags=RUN_FLAGS, device='cpu',
                               checkpoint=None, distortion_target=None, sample_batch=250,
                               n_reference=50000, fid_weights=None, lpips_weights=None,
                               lpips_net='alex', allow_standin=True, metrics_cache=None,
-                              seeds=seeds, jobs=jobs or default_jobs(), scale=scale,
-                              loop='progcode', **settings)
+                              jobs=jobs or default_jobs(), scale=scale, loop='progcode',
+                              **SCALES[scale])
 
 
 def plan(cfg):
-    """The stages of Table 1 and Figures 2 and 4 (Table 2 plans its own: `table2.train`)."""
-    return table1.stages(cfg) + rd_curve.stages(cfg)
+    """The runs of Table 1 and Figures 2 and 4 (Table 2 plans its own: `table2.train`)."""
+    return table1.plan(cfg) + rd_curve.plan(cfg)
 
 
 def run(argv):
@@ -70,11 +70,9 @@ def run(argv):
                            'gamma-optimal decoder), a five-point lambda family')
     mode.add_argument('--quick', action='store_true', help='a 1-minute smoke test; proves nothing')
     parser.add_argument('--out', default='demo-out', help='output folder (default: %(default)s)')
-    parser.add_argument('--jobs', type=int, default=None,
+    parser.add_argument('--jobs', type=number(1), default=None,
                         help='models trained at once (default: one per core, at most 8)')
     args = parser.parse_args(argv)
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f'--jobs {args.jobs}: at least 1')
     scale = 'full' if args.full else 'quick' if args.quick else 'default'
     cfg = config(args.out, scale, args.jobs)
     check_inputs(cfg)
@@ -146,14 +144,8 @@ def report_lines(cfg, results, minutes, train_minutes):
              f"Wall time {minutes:.1f} minutes ({train_minutes:.1f} training, re-runs reuse finished "
              f"models) on {machine()}.", '',
              'Nothing here is tuned to agree with the paper (800K steps on SVHN, CelebA and LSUN). '
-             'Verdicts (progcode_ext/experiments/verdicts.py): with 3 seeds or '
-             'more a one-sided paired t-test at 0.05 (**held**, **did not hold**, else **no '
-             'detectable difference**); with one seed the difference must clear twice the '
-             'standard deviation of a difference of two scores, measured by scoring the same models '
-             'twice (**held on 1 seed**, ...); either way the difference must not have shrunk '
-             'toward zero by half itself or more over the last fifth of the runs, else **cannot '
-             'tell (still moving)**. A claim is **inconclusive** when a model behind it failed a '
-             'convergence check, and **not testable here** when stage 2 has nothing to code.', '']
+             + RULE + ' A claim is **inconclusive** when a model behind it failed a convergence '
+             'check, and **not testable here** when stage 2 has nothing to code.', '']
     if cfg.scale == 'quick':
         lines += ['**This is the smoke test (`--quick`)**: its models are trained for '
                   f'{cfg.steps} steps and cannot converge; it shows that the pipeline runs, nothing '

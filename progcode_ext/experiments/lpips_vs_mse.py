@@ -13,23 +13,19 @@ from scipy.stats import spearmanr
 from ..mean_head import mse_per_example
 from ..metrics import choose_perceptual_metric, perceptual_distance
 from . import convergence as cv
-from .common import (as_uint8, check_inputs, default_device, eval_images, evaluate_run, load_run,
-                     metrics_cache, number, parse, plot, run_main, say, write_results)
-from .figures import log_axis
+from .cli import check_inputs, command, number
+from .evaluate import default_device, eval_images, evaluate_run, load_run, metrics_cache
+from .figures import as_uint8, log_axis, plot
 from .rd_curve import add_arguments as add_rd_arguments
-from .rd_curve import parse_targets, stage1_runs
-from .rd_curve import stages  # noqa: F401 (the same stage-1 runs)
-from .runs import run_stages
+from .rd_curve import plan, stage1_runs  # (the same stage-1 runs as rd_curve's)
+from .report import write_results
+from .runs import run_all, say
 
 
 def add_arguments(parser):
     add_rd_arguments(parser)
     parser.add_argument('--n_images', type=number(1), default=256,
                         help='validation images per model')
-    parser.add_argument('--lpips_weights', default=None, help='local LPIPS backbone weights')
-    parser.add_argument('--lpips_net', default='alex', choices=('alex', 'vgg'))
-    parser.add_argument('--allow_standin', action='store_true',
-                        help='without LPIPS weights, use the clearly labelled stand-in PD-<dataset>')
 
 
 def report(cfg):
@@ -90,17 +86,16 @@ def report(cfg):
 
 def run(cfg):
     H = check_inputs(cfg)
-    parse_targets(cfg.targets)
+    runs = plan(cfg)
     choose_perceptual_metric(H.dataset, lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
                              allow_standin=cfg.allow_standin, cache_dir=metrics_cache(cfg),
                              data_root=H.data_root, device=default_device(cfg),
                              logprint=say)              # its weights, before training
-    run_stages(cfg, stages(cfg))
+    run_all(cfg, runs)
     return report(cfg)
 
 
-def main(argv=None):
-    return run_main(lambda a: run(parse(a, __doc__.split('\n')[0], add_arguments)), argv)
+main = command(run, __doc__, add_arguments, ('perceptual',))
 
 
 if __name__ == '__main__':

@@ -15,15 +15,15 @@ Writes OUT/profile/{results.json, report.md, profile.png}.
 """
 import os
 
-import torch
-
-from vdvae.data import set_up_data
+from vdvae.block_strings import parse_dec_blocks
 
 from ..latent_groups import progressive_blocks
-from ..metrics.rd_profile import rate_per_group, rate_profile
-from .common import (default_device, evaluate_run, number, parse, plot, restore_vdvae, run_main,
-                     say, subset, write_results)
-from .runs import Stage, run_dir, run_stages
+from ..metrics.rd_profile import rate_profile
+from .cli import check_inputs, command, number
+from .evaluate import default_device, evaluate_run, restore_vdvae, vdvae_rates
+from .figures import plot
+from .report import write_results
+from .runs import COST, Run, run_all, run_dir, say
 
 
 def add_arguments(parser):
@@ -32,26 +32,31 @@ def add_arguments(parser):
                         help='steps of the D_k probe per resolution; 0: rates only')
 
 
-def run(cfg):
+def probe_resolutions(cfg, H):
+    """Those of the decoder's resolutions that get a D_k probe: all below the image's."""
+    layers = parse_dec_blocks(H.dec_blocks, H.image_size) if cfg.probe_steps else []
+    return sorted({r for r, _ in layers if r < H.image_size})
+
+
+def plan(cfg):
+    """A D_k probe on the checkpoint's frozen encoder at each probed resolution."""
+    H, _ = restore_vdvae(cfg, cfg.checkpoint)          # a wrong file: its one clear error, now
+    return [Run(f'profile-probe-{res}', cfg.hps, cfg.probe_steps,
+                ('--model', 'masked', f'--encoder_path={cfg.checkpoint}', '--mode', 'probe',
+                 '--progressive_res', str(res)), cost=COST['probe'])
+            for res in probe_resolutions(cfg, H)]
+
+
+def report(cfg):
     device = default_device(cfg)
-    H, model = restore_vdvae(cfg, cfg.checkpoint)
-    H, _, data_eval, preprocess_fn = set_up_data(H)
-    model = model.to(device).eval()
+    H, rates = vdvae_rates(cfg, cfg.checkpoint, device)
     K = progressive_blocks(H)                   # Table 1's z_1..z_K
-    torch.manual_seed(0)
-    rates = rate_per_group(model, subset(data_eval, cfg.n_eval), preprocess_fn, device,
-                           n_batch=H.n_batch)
-    profile = rate_profile(rates)
-    probes = {res: Stage(f'profile-probe-{res}', cfg.hps, cfg.probe_steps,
-                         ('--model', 'masked', f'--encoder_path={cfg.checkpoint}', '--mode', 'probe',
-                          '--progressive_res', str(res)), cost=0.5)
-              for res, _, _ in profile if cfg.probe_steps and res < H.image_size}
-    run_stages(cfg, list(probes.values()))
     rows = []
-    for res, k, rate in profile:
+    for res, k, rate in rate_profile(rates):
         row = dict(res=res, k=k, rate=rate, distortion=None, table1=k == K)
-        if res in probes:
-            row['distortion'] = evaluate_run(cfg, run_dir(cfg, probes[res].name), device)['mse']
+        if res in probe_resolutions(cfg, H):
+            probe = run_dir(cfg, f'profile-probe-{res}')
+            row['distortion'] = evaluate_run(cfg, probe, device)['mse']
         rows.append(row)
         say(f"profile: res <= {res}: k = {k}, R_k {rate:.5f} nats/dim"
             + (f", D_k {row['distortion']:.5f}" if row['distortion'] is not None else '')
@@ -75,23 +80,28 @@ def run(cfg):
         ax.set_xlabel('R_k (nats/dim)' if points else 'latent group: resolution')
         ax.set_title(f'{cfg.hps}: progressive coder profile')
     plot(os.path.join(folder, 'profile.png'), draw)
-    report = [f'# (R_k, D_k) profile of {cfg.checkpoint}', '',
-              'R_k: KL of all latent layers at resolution <= r, nats/dim, validation split. '
-              'D_k: MSE ([-1,1] scale) of a masked-decoder probe trained on z_1..z_k '
-              f'({cfg.probe_steps} steps; blank: not trained). Table 1\'s (R_K, D_K): the row at the '
-              f"progressive split, resolution <= {table1['res']} (K = {table1['K']}).", '',
-              '| resolution <= | k | R_k | D_k | |', '|---|---|---|---|---|']
-    report += [f"| {r['res']} | {r['k']} | {r['rate']:.5f} | "
-               f"{'' if r['distortion'] is None else format(r['distortion'], '.5f')} | "
-               f"{'**Table 1: (R_K, D_K)**' if r['table1'] else ''} |" for r in rows]
-    report += ['', '![](profile.png)']
+    lines = [f'# (R_k, D_k) profile of {cfg.checkpoint}', '',
+             'R_k: KL of all latent layers at resolution <= r, nats/dim, validation split. '
+             'D_k: MSE ([-1,1] scale) of a masked-decoder probe trained on z_1..z_k '
+             f'({cfg.probe_steps} steps; blank: not trained). Table 1\'s (R_K, D_K): the row at '
+             f"the progressive split, resolution <= {table1['res']} (K = {table1['K']}).", '',
+             '| resolution <= | k | R_k | D_k | |', '|---|---|---|---|---|']
+    lines += [f"| {r['res']} | {r['k']} | {r['rate']:.5f} | "
+              f"{'' if r['distortion'] is None else format(r['distortion'], '.5f')} | "
+              f"{'**Table 1: (R_K, D_K)**' if r['table1'] else ''} |" for r in rows]
     write_results(cfg.out, 'profile', dict(checkpoint=cfg.checkpoint, rows=rows, table1=table1,
-                                           per_block=rates['per_block']), report)
+                                           per_block=rates['per_block']),
+                  lines + ['', '![](profile.png)'])
     return rows
 
 
-def main(argv=None):
-    return run_main(lambda a: run(parse(a, __doc__.split('\n')[0], add_arguments)), argv)
+def run(cfg):
+    check_inputs(cfg)
+    run_all(cfg, plan(cfg))                     # (plan() checks --checkpoint first)
+    return report(cfg)
+
+
+main = command(run, __doc__, add_arguments)
 
 
 if __name__ == '__main__':

@@ -7,31 +7,29 @@ Writes OUT/rd_curve/{results.json, report.md, rd_curve.png, reconstructions.png}
 """
 import os
 
-import torch
-
 from vdvae.errors import ConfigError
+from vdvae.hps import comma_list
 
 from . import convergence as cv
-from .common import (as_uint8, check_inputs, default_device, eval_images, evaluate_run, grid,
-                     load_run, parse, plot, run_main, seeded, write_results)
-from .figures import log_axis
-from .runs import Stage, run_dir, run_stages
+from .cli import check_inputs, command
+from .evaluate import default_device, evaluate_run, load_run, reconstruction_grid
+from .figures import log_axis, plot
+from .report import write_results
+from .runs import COST, Run, run_all, run_dir, seeded
 
 PAPER_TARGETS = '0.0512,0.0256,0.0128,0.0064,0.0032,0.0016,0.0008'
 
 
 def add_arguments(parser):
-    parser.add_argument('--targets', default=PAPER_TARGETS,
+    parser.add_argument('--targets', type=comma_list(float), default=PAPER_TARGETS,
                         help='distortion targets lambda (MSE, [-1,1] scale) (default: %(default)s)')
 
 
-def parse_targets(text):
-    try:
-        targets = sorted({float(t) for t in str(text).split(',')}, reverse=True)
-    except ValueError:
-        raise ConfigError(f'--targets {text!r}: expected comma-separated numbers') from None
-    if any(not t > 0 for t in targets):
-        raise ConfigError(f'--targets {text!r}: every distortion target must be > 0')
+def lambdas(cfg):
+    """The distortion targets of --targets (a list, or its text), largest first."""
+    targets = sorted(set(comma_list(float)(cfg.targets)), reverse=True)
+    if not targets or targets[-1] <= 0:
+        raise ConfigError(f'--targets {cfg.targets}: give distortion targets, each > 0')
     return targets
 
 
@@ -39,19 +37,19 @@ def stage1_name(target, seed):
     return seeded(f'stage1-{target:g}', seed)
 
 
-def stage1_stage(cfg, target, seed):
+def stage1_run(cfg, target, seed):
     """The lambda-optimal stage 1 for `target` (shared by rd_curve, lpips_vs_mse and table2)."""
-    return Stage(stage1_name(target, seed), f'{cfg.hps}_stage1', cfg.steps,
-                 ('--seed', str(seed), '--distortion_target', str(target)), cost=0.9)
+    return Run(stage1_name(target, seed), f'{cfg.hps}_stage1', cfg.steps,
+               ('--seed', str(seed), '--distortion_target', str(target)), cost=COST['stage1'])
 
 
-def stages(cfg):
-    return [stage1_stage(cfg, t, cfg.seeds[0]) for t in parse_targets(cfg.targets)]
+def plan(cfg):
+    return [stage1_run(cfg, t, cfg.seeds[0]) for t in lambdas(cfg)]
 
 
 def stage1_runs(cfg):
     """{target: run folder} of the finished stage-1 family."""
-    return {t: run_dir(cfg, stage1_name(t, cfg.seeds[0])) for t in parse_targets(cfg.targets)}
+    return {t: run_dir(cfg, stage1_name(t, cfg.seeds[0])) for t in lambdas(cfg)}
 
 
 def report(cfg):
@@ -68,13 +66,7 @@ def report(cfg):
                          steps=stats['step'], reached=check.passed))
     folder = os.path.join(cfg.out, 'rd_curve')
     os.makedirs(folder, exist_ok=True)
-    images, x_in, _ = eval_images(next(iter(runs.values())), device, 8)
-    recon_rows = [images]
-    for t, run in runs.items():
-        _, model, _, _ = load_run(run, device)
-        torch.manual_seed(0)
-        recon_rows.append(as_uint8(model.reconstruct(x_in)))
-    grid(recon_rows, os.path.join(folder, 'reconstructions.png'))
+    reconstruction_grid(list(runs.values()), device, os.path.join(folder, 'reconstructions.png'))
 
     def draw(ax):
         ax.plot([r['distortion'] for r in rows], [r['rate'] for r in rows], 'o-', label='reached')
@@ -112,13 +104,11 @@ def report(cfg):
 
 def run(cfg):
     check_inputs(cfg)
-    parse_targets(cfg.targets)
-    run_stages(cfg, stages(cfg))
+    run_all(cfg, plan(cfg))
     return report(cfg)
 
 
-def main(argv=None):
-    return run_main(lambda a: run(parse(a, __doc__.split('\n')[0], add_arguments)), argv)
+main = command(run, __doc__, add_arguments)
 
 
 if __name__ == '__main__':

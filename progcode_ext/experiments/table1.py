@@ -19,17 +19,14 @@ Writes OUT/table1/{results.json, report.md, table1.png, reconstructions.png}.
 """
 import os
 
-import torch
-
-from vdvae.data import set_up_data
-
-from ..metrics.rd_profile import rate_per_group, rate_profile
+from ..metrics.rd_profile import rate_profile
 from . import convergence as cv
-from .common import (as_uint8, check_inputs, check_table, default_device, eval_images,
-                     evaluate_last_fifth, evaluate_run, grid, load_run, mean_std, number, parse,
-                     plot, restore_vdvae, run_dir, run_main, say, seeded, subset, summary,
-                     write_results)
-from .runs import Stage, run_stages
+from .cli import check_inputs, command, number
+from .evaluate import (default_device, evaluate_last_fifth, evaluate_run, load_run,
+                       reconstruction_grid, restore_vdvae, vdvae_rates)
+from .figures import plot
+from .report import check_table, mean_std, summary, write_results
+from .runs import COST, Run, run_all, run_dir, say, seeded
 from .verdicts import claim_verdict, pooled_noise_sd
 
 
@@ -44,36 +41,33 @@ def vdvae_checkpoint(cfg, seed):
     return cfg.checkpoint or os.path.join(run_dir(cfg, seeded('vdvae', seed)), 'latest-model-ema.th')
 
 
-def vdvae_stage(cfg, seed):
+def vdvae_run(cfg, seed):
     """The conventionally trained VDVAE of `seed` (also the reference rate of Table 2's rule)."""
-    return Stage(seeded('vdvae', seed), cfg.hps, cfg.steps, ('--seed', str(seed)))
+    return Run(seeded('vdvae', seed), cfg.hps, cfg.steps, ('--seed', str(seed)))
 
 
-def stages(cfg):
+def plan(cfg):
+    """Per seed: the VDVAE (unless --checkpoint), its D_K probe and its gamma-optimal decoder."""
     if cfg.checkpoint:
         restore_vdvae(cfg, cfg.checkpoint)              # a wrong file: its one clear error, now
-    plan = []
+    runs = []
     for seed in cfg.seeds:
         seed_flags = ('--seed', str(seed))
         after = ()
         if not cfg.checkpoint:
-            plan.append(vdvae_stage(cfg, seed))
+            runs.append(vdvae_run(cfg, seed))
             after = (seeded('vdvae', seed),)
         masked = seed_flags + (f'--encoder_path={vdvae_checkpoint(cfg, seed)}',)
-        plan.append(Stage(seeded('table1-probe', seed), f'{cfg.hps}_masked', cfg.probe_steps,
-                          masked + ('--mode', 'probe'), after, cost=0.5))
-        plan.append(Stage(seeded('table1-gamma', seed), f'{cfg.hps}_masked', cfg.probe_steps,
-                          masked + ('--mode', 'gamma_optimal'), after, cost=0.6))
-    return plan
+        runs.append(Run(seeded('table1-probe', seed), f'{cfg.hps}_masked', cfg.probe_steps,
+                        masked + ('--mode', 'probe'), after, cost=COST['probe']))
+        runs.append(Run(seeded('table1-gamma', seed), f'{cfg.hps}_masked', cfg.probe_steps,
+                        masked + ('--mode', 'gamma_optimal'), after, cost=COST['gamma_optimal']))
+    return runs
 
 
 def rate_shares(cfg, device, seed):
     """The trained VDVAE's rate at each resolution: [(res, k, R_k, share of the total)]."""
-    H, model = restore_vdvae(cfg, vdvae_checkpoint(cfg, seed))
-    H, _, data, prep = set_up_data(H)
-    torch.manual_seed(0)
-    rates = rate_per_group(model.to(device).eval(), subset(data, cfg.n_eval), prep, device,
-                           n_batch=H.n_batch)
+    _, rates = vdvae_rates(cfg, vdvae_checkpoint(cfg, seed), device)
     return [dict(res=res, k=k, rate=r, share=r / rates['total']) for res, k, r in rate_profile(rates)]
 
 
@@ -116,7 +110,7 @@ def report(cfg):
     noise = pooled_noise_sd([r['D_K_draws'] for r in rows] + [r['lambda_star_draws'] for r in rows])
     judged = claim_verdict([r['D_K'] - r['lambda_star_upper_bound'] for r in rows], noise,
                            [r['difference_before'] for r in rows],
-                           [f'{c.model}: {c.check} failed ({c.detail})' for c in cv.failures(checks)])
+                           cv.failure_lines(checks))
     result = dict(dataset=cfg.hps, seeds=cfg.seeds, K=rows[0]['K'], rows=rows,
                   summary={k: summary([r[k] for r in rows]) for k in keys},
                   checks=checks, verdict=judged.verdict, judged=judged, mse_noise=noise)
@@ -136,14 +130,8 @@ def report(cfg):
 
 def draw_figures(cfg, device, result, folder):
     seed = cfg.seeds[0]
-    probe, gamma = (run_dir(cfg, seeded(n, seed)) for n in ('table1-probe', 'table1-gamma'))
-    images, x_in, _ = eval_images(probe, device, 8)
-    rows = [images]
-    for folder_ in (probe, gamma):
-        _, model, _, _ = load_run(folder_, device)
-        torch.manual_seed(0)
-        rows.append(as_uint8(model.reconstruct(x_in)))
-    grid(rows, os.path.join(folder, 'reconstructions.png'))
+    reconstruction_grid([run_dir(cfg, seeded(n, seed)) for n in ('table1-probe', 'table1-gamma')],
+                        device, os.path.join(folder, 'reconstructions.png'))
     s = result['summary']
 
     def draw(ax):
@@ -202,12 +190,11 @@ def report_lines(cfg, result):
 
 def run(cfg):
     check_inputs(cfg)
-    run_stages(cfg, stages(cfg))                # (stages() checks --checkpoint first)
+    run_all(cfg, plan(cfg))                     # (plan() checks --checkpoint first)
     return report(cfg)
 
 
-def main(argv=None):
-    return run_main(lambda a: run(parse(a, __doc__.split('\n')[0], add_arguments)), argv)
+main = command(run, __doc__, add_arguments)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """Table 2 across the rate-distortion family, and Figure 3: progressive coding against conventional
 training of the same two-stage HVAE, at equal steps and parameters, for every lambda-optimal stage 1
-of the family (`--targets`, the one Figure 2 trains).
+of the family (`--targets`, the one Figure 2 trains). One plan of the comparison of chains of
+`chains.py` (its chains, its runs), with its own report:
 
 progressive:  stage 1 lambda-optimal (`X_stage1`, `--steps`), frozen; stage 2 (`X_stage2`, `--steps`)
               on it, for every lambda of the family (first seed), and for every seed at the
@@ -32,52 +33,41 @@ import math
 import os
 
 import numpy as np
-import torch
 
-from vdvae.data import load_splits
+from vdvae.hps import comma_list
 
-from ..metrics import DEFAULT_FID_SAMPLES, choose_sample_metric, sample_quality
+from . import chains
 from . import convergence as cv
-from .common import (check_inputs, check_table, default_device, evaluate_last_fifth,
-                     evaluate_run, grid, load_run, mean_std, metrics_cache, number, parse, plot,
-                     run_main, say, seeded, write_results)
-from .rd_curve import PAPER_TARGETS, parse_targets, stage1_name, stage1_stage
-from .runs import Stage, last_fifth_step, run_dir, run_stages
-from .table1 import vdvae_stage
-from .verdicts import claim_verdict, pooled_noise_sd
+from .chains import check_sample_metric, differences
+from .cli import check_inputs, command, number
+from .evaluate import default_device, evaluate_run
+from .figures import plot
+from .rd_curve import PAPER_TARGETS, lambdas, stage1_name, stage1_run
+from .report import check_table, mean_std, write_results
+from .runs import COST, Run, last_fifth_step, run_all, run_dir, say, seeded
+from .table1 import vdvae_run
+from .verdicts import RULE, claim_verdict, pooled_noise_sd
 
 HEADLINE_RATE_SHARE = 0.5      # the headline's stage 1: R_1 <= this x the VDVAE's total rate
 MIN_STAGE2_SHARE = 0.10        # below this share of the two-stage rate, stage 2 codes nothing
-COST = dict(stage2=1.8, conventional=2.5)   # time per step relative to a VDVAE (orders the work)
+# The claims: progressive has the lower sample metric, conventional the lower -ELBO (key, sign)
+CLAIMS = (('sample_metric', 1), ('elbo', -1))
+SAMPLE_SEEDS = (1, 10_008)     # of the two independent sample draws (the first also at 4/5)
 
 
 def add_arguments(parser):
-    parser.add_argument('--targets', default=PAPER_TARGETS,
+    parser.add_argument('--targets', type=comma_list(float), default=PAPER_TARGETS,
                         help='the lambda family: progressive stage 2 on the lambda-optimal stage 1 '
                              'of each (default: %(default)s)')
     parser.add_argument('--distortion_target', type=number(0.0, float, strict=True), default=None,
                         help='the headline lambda, for the seeds after the first (default: chosen '
                              'by the rule: the smallest lambda whose stage 1 spends at most half '
                              "the VDVAE's rate)")
-    add_sample_arguments(parser)
-
-
-def add_sample_arguments(parser):
-    """The sample metric's flags (also the stages experiment's)."""
-    parser.add_argument('--n_samples', type=number(1), default=DEFAULT_FID_SAMPLES,
-                        help='samples for the sample metric (default: %(default)s)')
-    parser.add_argument('--n_reference', type=number(1), default=DEFAULT_FID_SAMPLES,
-                        help='training images for the reference statistics (default: %(default)s, '
-                             'at most the whole training split)')
-    parser.add_argument('--sample_batch', type=number(1), default=100)
-    parser.add_argument('--fid_weights', default=None, help='local Inception weights for FID')
-    parser.add_argument('--allow_standin', action='store_true',
-                        help='without Inception weights, use the clearly labelled FD-<dataset>')
 
 
 def family(cfg):
     """The lambdas of the family, largest first (with --distortion_target, when given)."""
-    targets = set(parse_targets(cfg.targets))
+    targets = set(lambdas(cfg))
     if getattr(cfg, 'distortion_target', None):
         targets.add(cfg.distortion_target)
     return sorted(targets, reverse=True)
@@ -95,41 +85,40 @@ def initialised_name(target, seed):
     return seeded(f'table2-conventional-init{target:g}', seed)
 
 
-def stage2_stage(cfg, target, seed):
-    stage1 = stage1_stage(cfg, target, seed)
-    return Stage(stage2_name(target, seed), f'{cfg.hps}_stage2', cfg.steps,
-                 ('--seed', str(seed), '--distortion_target', str(target),
-                  f'--stage1_path={run_dir(cfg, stage1.name)}'), (stage1.name,),
-                 cost=COST['stage2'])
+def progressive_chain(cfg, target, seed):
+    """Stage 1 lambda-optimal for `target` (rd_curve's run), then stage 2 on it, frozen."""
+    stage2 = Run(stage2_name(target, seed), f'{cfg.hps}_stage2', cfg.steps,
+                 ('--seed', str(seed), '--distortion_target', str(target)), cost=COST['stage2'])
+    return chains.progressive(cfg, [stage1_run(cfg, target, seed), stage2], '--stage1_path')
 
 
-def rule_stages(cfg):
+def rule_runs(cfg):
     """What the headline rule reads: the VDVAE (Table 1's run) and the stage-1 family, first seed."""
     first = cfg.seeds[0]
-    return [vdvae_stage(cfg, first)] + [stage1_stage(cfg, t, first) for t in family(cfg)]
+    return [vdvae_run(cfg, first)] + [stage1_run(cfg, t, first) for t in family(cfg)]
 
 
-def stages(cfg, headline=None):
+def plan(cfg, headline=None):
     """Everything but what depends on the headline lambda; with `headline`, that too."""
     first = cfg.seeds[0]
-    plan = rule_stages(cfg)
-    plan += [stage2_stage(cfg, target, first) for target in family(cfg)]
-    plan += [Stage(conventional_name(seed), f'{cfg.hps}_conventional', cfg.steps,
-                   ('--seed', str(seed)), cost=COST['conventional']) for seed in cfg.seeds]
+    runs = rule_runs(cfg)
+    runs += [progressive_chain(cfg, target, first)[-1] for target in family(cfg)]
+    runs += [Run(conventional_name(seed), f'{cfg.hps}_conventional', cfg.steps,
+                 ('--seed', str(seed)), cost=COST['conventional']) for seed in cfg.seeds]
     if headline is not None:
         for seed in cfg.seeds[1:]:
-            plan += [stage1_stage(cfg, headline, seed), stage2_stage(cfg, headline, seed)]
+            runs += progressive_chain(cfg, headline, seed)
         stage1 = stage1_name(headline, first)
-        plan.append(Stage(initialised_name(headline, first), f'{cfg.hps}_conventional', cfg.steps,
-                          ('--seed', str(first), f'--stage1_init={run_dir(cfg, stage1)}'),
-                          (stage1,), cost=COST['conventional']))
-    return plan
+        runs.append(Run(initialised_name(headline, first), f'{cfg.hps}_conventional', cfg.steps,
+                        ('--seed', str(first), f'--stage1_init={run_dir(cfg, stage1)}'),
+                        (stage1,), cost=COST['conventional']))
+    return runs
 
 
 def choose_headline(cfg, device):
     """The headline lambda by the rule (see the module's docstring), and the numbers behind it."""
     first = cfg.seeds[0]
-    vdvae_rate = evaluate_run(cfg, run_dir(cfg, vdvae_stage(cfg, first).name), device)['rate']
+    vdvae_rate = evaluate_run(cfg, run_dir(cfg, vdvae_run(cfg, first).name), device)['rate']
     limit = HEADLINE_RATE_SHARE * vdvae_rate
     rates = {t: evaluate_run(cfg, run_dir(cfg, stage1_name(t, first)), device)['rate']
              for t in family(cfg)}
@@ -144,70 +133,34 @@ def choose_headline(cfg, device):
     return target, rule
 
 
-@torch.no_grad()
-def draw_samples(model, n, batch, t=1.0):
-    """(x_hat, samples), uint8 NHWC, from the two-stage model's prior at temperature t."""
-    hats, xs = [], []
-    for start in range(0, n, batch):
-        x_hat, x = model.sample_stages(min(batch, n - start), [t, t])
-        hats.append(x_hat)
-        xs.append(x)
-    return np.concatenate(hats), np.concatenate(xs)
-
-
-def sample_metric(cfg, H, samples, device):
-    """(name, value) of the sample metric against the training split's statistics."""
-    reference = load_splits(H.dataset, H.data_root)['train']
-    return sample_quality(samples, reference, H.dataset, fid_weights=cfg.fid_weights,
-                          allow_standin=cfg.allow_standin, reference_split='train',
-                          n_reference=cfg.n_reference, data_root=H.data_root, device=device,
-                          logprint=say, cache_dir=metrics_cache(cfg))
-
-
-def score(cfg, folder, device, draw, prefix='latest'):
-    """(metric, value, x_hat, samples) of the run's EMA weights at `prefix`, with the samples of
-    draw number `draw` (independent draws for independent scores)."""
-    H, model, _, _ = load_run(folder, device, prefix=prefix)
-    torch.manual_seed(10_007 * draw + 1)
-    x_hat, samples = draw_samples(model, cfg.n_samples, cfg.sample_batch)
-    metric, value = sample_metric(cfg, H, samples, device)
-    return metric, value, x_hat, samples, sum(p.numel() for p in model.parameters())
-
-
-def measure(cfg, device, name, grid_path=None):
-    """Everything Table 2 reads of one two-stage run, and its convergence check."""
+def measure(cfg, device, name, checks, grid_path=None):
+    """Everything Table 2 reads of one two-stage chain (its last run), its convergence check added
+    to `checks`: each number measured twice, independently (the metric's own noise), and at 4/5
+    of the run."""
     folder = run_dir(cfg, name)
-    before, stats = evaluate_last_fifth(cfg, folder, device)
-    again = evaluate_run(cfg, folder, device, seed=1)
-    metric, first, x_hat, samples, parameters = score(cfg, folder, device, 0)
-    _, second, _, _, _ = score(cfg, folder, device, 1)
-    _, earlier, _, _, _ = score(cfg, folder, device, 0, f'iter-{last_fifth_step(stats["step"])}')
+    row, _, outputs = chains.measure(cfg, folder, device, SAMPLE_SEEDS[0])
+    again, _, _ = chains.measure(cfg, folder, device, SAMPLE_SEEDS[1], eval_seed=1)
+    before, _, _ = chains.measure(cfg, folder, device, SAMPLE_SEEDS[0],
+                                  f'iter-{last_fifth_step(row["step"])}')
     if grid_path:
-        grid([x_hat[:8], samples[:8], x_hat[8:16], samples[8:16], x_hat[16:24], samples[16:24]],
-             grid_path)
-    value = (first + second) / 2
-    row = dict(run=name, elbo=stats['elbo'], elbo_bits_per_dim=stats['elbo'] / math.log(2),
-               elbo_draws=[stats['elbo'], again['elbo']], elbo_before=before['elbo'],
-               rate_stage1=stats['rate_stage1'], rate_stage2=stats['rate_stage2'],
-               mse_stage1=stats['mse_stage1'], metric=metric, sample_metric=value,
-               sample_metric_draws=[first, second], sample_metric_before=earlier,
-               n_samples=len(samples), parameters=parameters, step=stats['step'])
-    row['stage2_share'] = row['rate_stage2'] / (row['rate_stage1'] + row['rate_stage2'])
-    say(f"table2: {name}: -ELBO {stats['elbo']:.4f} nats/dim, rates {row['rate_stage1']:.4f} + "
-        f"{row['rate_stage2']:.4f}, {metric} {value:.2f} ({first:.2f}, {second:.2f})")
-    return row, cv.long_enough(name, stats['step'])
+        chains.sample_grid(outputs, 8, 3, grid_path)
+    first, second = row['sample_metric'], again['sample_metric']
+    row.update(elbo_draws=[row['elbo'], again['elbo']], elbo_before=before['elbo'],
+               sample_metric=(first + second) / 2, sample_metric_draws=[first, second],
+               sample_metric_before=before['sample_metric'],
+               stage2_share=row['rate_stage2'] / (row['rate_stage1'] + row['rate_stage2']))
+    say(f"table2: {name}: -ELBO {row['elbo']:.4f} nats/dim, rates {row['rate_stage1']:.4f} + "
+        f"{row['rate_stage2']:.4f}, {row['metric']} {row['sample_metric']:.2f} ({first:.2f}, "
+        f"{second:.2f})")
+    checks.append(cv.long_enough(name, row['step']))
+    return row
 
 
 def compare(pairs, noise, untestable=None, failed=()):
-    """Both claims of Table 2 over (progressive, conventional) row pairs, one per seed, each
-    difference signed so that the claimed direction is positive."""
-    def differences(key, sign, suffix=''):
-        return [sign * (c[key + suffix] - p[key + suffix]) for p, c in pairs]
-    return dict(sample_metric=claim_verdict(differences('sample_metric', 1), noise['sample_metric'],
-                                            differences('sample_metric', 1, '_before'), failed,
-                                            untestable),
-                elbo=claim_verdict(differences('elbo', -1), noise['elbo'],
-                                   differences('elbo', -1, '_before'), failed, untestable))
+    """Both claims of Table 2 over (progressive, conventional) row pairs, one per seed."""
+    return {key: claim_verdict(differences(pairs, key, sign), noise[key],
+                               differences(pairs, key + '_before', sign), failed, untestable)
+            for key, sign in CLAIMS}
 
 
 def untestable_reason(rows, rule=None):
@@ -230,46 +183,34 @@ def report(cfg, headline=None, rule=None):
     os.makedirs(folder, exist_ok=True)
     first = cfg.seeds[0]
     checks = []
-    conventional = {}
-    for seed in cfg.seeds:
-        conventional[seed], check = measure(
-            cfg, device, conventional_name(seed),
-            os.path.join(folder, 'samples-conventional.png') if seed == first else None)
-        checks.append(check)
+
+    def measured(name, seed, samples):        # (Figure 3 draws the first seed's samples)
+        grid_path = os.path.join(folder, f'samples-{samples}.png') if seed == first else None
+        return measure(cfg, device, name, checks, grid_path)
+    conventional = {s: measured(conventional_name(s), s, 'conventional') for s in cfg.seeds}
     progressive = {}                       # (lambda, seed) -> row
     for target in family(cfg):
-        seeds = cfg.seeds if target == headline else [first]
-        for seed in seeds:
+        for seed in (cfg.seeds if target == headline else [first]):
             stage1 = stage1_name(target, seed)
             stats1 = evaluate_run(cfg, run_dir(cfg, stage1), device)
             checks.append(cv.reaches_target(stage1, 'D', stats1['mse'], target))
-            progressive[target, seed], check = measure(
-                cfg, device, stage2_name(target, seed),
-                os.path.join(folder, f'samples-progressive-{target:g}.png') if seed == first else None)
-            checks.append(check)
-    initialised, check = measure(cfg, device, initialised_name(headline, first),
-                                 os.path.join(folder, 'samples-conventional-init.png'))
-    checks.append(check)
+            progressive[target, seed] = measured(stage2_name(target, seed), seed,
+                                                 f'progressive-{target:g}')
+    initialised = measured(initialised_name(headline, first), first, 'conventional-init')
     rows = [r for r in conventional.values()] + list(progressive.values()) + [initialised]
-    noise = dict(sample_metric=pooled_noise_sd([r['sample_metric_draws'] for r in rows]),
-                 elbo=pooled_noise_sd([r['elbo_draws'] for r in rows]))
+    noise = {key: pooled_noise_sd([r[f'{key}_draws'] for r in rows]) for key, _ in CLAIMS}
     # A score is the mean of two draws: its noise is the single draw's / sqrt(2).
-    noise_of_mean = dict(sample_metric=noise['sample_metric'] / math.sqrt(2),
-                         elbo=noise['elbo'] / math.sqrt(2))
-    def failed_for(*names):
-        return [f'{c.model}: {c.check} failed ({c.detail})' for c in cv.failures(checks)
-                if c.model in names]
-
+    noise_of_mean = {key: sd / math.sqrt(2) for key, sd in noise.items()}
     per_lambda = []
     for target in family(cfg):
         p, c = progressive[target, first], conventional[first]
-        failed = failed_for(p['run'], c['run'], stage1_name(target, first))
+        failed = cv.failure_lines(checks, (p['run'], c['run'], stage1_name(target, first)))
         verdicts = compare([(p, c)], noise_of_mean, untestable_reason([p]), failed)
         per_lambda.append(dict(target=target, headline=target == headline, progressive=p,
                                verdicts=verdicts))
     pairs = [(progressive[headline, s], conventional[s]) for s in cfg.seeds]
-    failed = failed_for(*[r['run'] for pair in pairs for r in pair],
-                        *[stage1_name(headline, s) for s in cfg.seeds])
+    failed = cv.failure_lines(checks, [r['run'] for pair in pairs for r in pair]
+                              + [stage1_name(headline, s) for s in cfg.seeds])
     headline_verdicts = compare(pairs, noise_of_mean,
                                 untestable_reason([p for p, _ in pairs], rule), failed)
     metric = conventional[first]['metric']
@@ -336,34 +277,30 @@ def across_lambda_table(result):
     """Markdown rows: per lambda of the family, the rates, -ELBO, sample metric and verdicts,
     then the conventional model and the one started from stage 1."""
     metric, per, conv = result['metric'], result['per_lambda'], result['conventional']
-    lines = [f'| lambda | R_1 | R_2 | stage-2 share | -ELBO | {metric} | samples: progressive '
+
+    def row(name, r, verdicts=()):
+        return (f"| {name} | {r['rate_stage1']:.4f} | {r['rate_stage2']:.4f} | "
+                f"{r['stage2_share']:.1%} | {r['elbo']:.4f} | {r['sample_metric']:.2f} | "
+                + (' | '.join(verdicts) + ' |' if verdicts else '| |'))
+    return ([f'| lambda | R_1 | R_2 | stage-2 share | -ELBO | {metric} | samples: progressive '
              'better? | ELBO: conventional better? |', '|---|---|---|---|---|---|---|---|']
-    for x in per:
-        p, v = x['progressive'], x['verdicts']
-        mark = ' (headline)' if x['headline'] else ''
-        lines.append(f"| {x['target']:g}{mark} | {p['rate_stage1']:.4f} | {p['rate_stage2']:.4f} | "
-                     f"{p['stage2_share']:.1%} | {p['elbo']:.4f} | {p['sample_metric']:.2f} | "
-                     f"{v['sample_metric'].verdict} | {v['elbo'].verdict} |")
-    c0, i0 = conv[0], result['conventional_from_stage1']
-    lines += [f"| conventional | {c0['rate_stage1']:.4f} | {c0['rate_stage2']:.4f} | "
-              f"{c0['stage2_share']:.1%} | {c0['elbo']:.4f} | {c0['sample_metric']:.2f} | | |",
-              f"| conventional from stage 1 at {result['headline']:g} (not the paper's baseline) | "
-              f"{i0['rate_stage1']:.4f} | {i0['rate_stage2']:.4f} | {i0['stage2_share']:.1%} | "
-              f"{i0['elbo']:.4f} | {i0['sample_metric']:.2f} | | |"]
-    return lines
+            + [row(f"{x['target']:g}" + ' (headline)' * x['headline'], x['progressive'],
+                   [x['verdicts'][k].verdict for k in ('sample_metric', 'elbo')]) for x in per]
+            + [row('conventional', conv[0]),
+               row(f"conventional from stage 1 at {result['headline']:g} (not the paper's "
+                   'baseline)', result['conventional_from_stage1'])])
 
 
 def report_lines(cfg, result):
     metric, conv, per = result['metric'], result['conventional'], result['per_lambda']
     n = len(conv)
     rule, noise = result['rule'], result['noise']
-    note = '' if metric == 'FID' else ' (a stand-in in the features of a classifier trained here; not FID)'
     lines = [f'# Table 2 across the rate-distortion family on {cfg.hps}', '',
-             f'Negative ELBO per dimension on the validation split (EMA weights; nats; the paper '
-             f'reports ELBO with the opposite sign). Sample metric: **{metric}**{note}, '
-             f'{conv[0]["n_samples"]} samples at t = 1 against the training split, the mean of two '
-             f'independent draws. Both trainings have {result["parameters"]:,} parameters and '
-             f'{conv[0]["step"]} steps.', '',
+             'Negative ELBO per dimension on the validation split (EMA weights; nats; the paper '
+             'reports ELBO with the opposite sign). '
+             + chains.metric_sentence(metric, conv[0]['n_samples'])
+             + f', the mean of two independent draws. Both trainings have '
+             f'{result["parameters"]:,} parameters and {conv[0]["step"]} steps.', '',
              '## The headline lambda, fixed before any Table 2 result', '',
              f"Rule: the smallest lambda whose stage 1 spends at most {HEADLINE_RATE_SHARE:.0%} of "
              f"the rate of the VDVAE of the same protocol (Table 1's, seed {cfg.seeds[0]}: "
@@ -389,11 +326,9 @@ def report_lines(cfg, result):
                      f"{mean_std([r['rate_stage2'] for r in rows], 4)} | "
                      f"{mean_std([r['mse_stage1'] for r in rows], 5)} |")
     if n > 1:
-        lines += ['', f'| seed | -ELBO conventional | -ELBO progressive | {metric} conventional | '
-                  f'{metric} progressive |', '|---|---|---|---|---|']
-        lines += [f"| {s} | {c['elbo']:.4f} | {p['elbo']:.4f} | {c['sample_metric']:.2f} | "
-                  f"{p['sample_metric']:.2f} |"
-                  for s, c, p in zip(cfg.seeds, conv, result['headline_progressive'])]
+        lines += [''] + chains.seed_table(cfg.seeds, zip(conv, result['headline_progressive']),
+                                          ('conventional', 'progressive'),
+                                          (('elbo', '-ELBO', 4), ('sample_metric', metric, 2)))
     v = result['verdicts']
     lines += ['', f"Claim: progressive better than conventional on {metric}: "
               + verdict_text(v['sample_metric']) + '.',
@@ -403,11 +338,7 @@ def report_lines(cfg, result):
               f"Every model scored twice with independent samples: one {metric} score has a "
               f"standard deviation of {noise['sample_metric']:.2f}; the -ELBO evaluated twice with "
               f"independent posterior draws: {noise['elbo']:.5f} nats/dim (pooled over "
-              f"{len(conv) + len(result['headline_progressive']) + len(per)} models). Rule "
-              '(progcode_ext/experiments/verdicts.py): with >= 3 seeds a one-sided paired t-test '
-              'at 0.05; with one seed the difference must exceed 2 standard deviations of a '
-              'difference of two scores; either way the difference must not have shrunk toward '
-              'zero by half itself or more over the last fifth of the runs, else "cannot tell".',
+              f"{len(conv) + len(result['headline_progressive']) + len(per)} models). " + RULE,
               '',
               'How much each model still moved over its last fifth (its checkpoint at 4/5 of the '
               'run against its end; the sample metric at 4/5 from one draw):', '',
@@ -417,9 +348,7 @@ def report_lines(cfg, result):
         lines.append(f"| {r['run']} | {r['elbo_before']:.4f} -> {r['elbo']:.4f} "
                      f"({r['elbo'] / r['elbo_before'] - 1:+.2%}) | {r['sample_metric_before']:.2f} "
                      f"-> {r['sample_metric']:.2f} |")
-    lines += ['',
-              'Convergence checks:', '']
-    lines += check_table(result['checks'])
+    lines += ['', 'Convergence checks:', ''] + check_table(result['checks'])
     c0, i0 = conv[0], result['conventional_from_stage1']
     lines += ['', 'Paper (FID, conventional vs progressive): SVHN 18.92 vs 10.07, CelebA 13.33 vs '
               '8.54, LSUN 40.71 vs 36.87.', '', '![](table2.png)', '',
@@ -436,31 +365,22 @@ def report_lines(cfg, result):
     return lines
 
 
-def check_sample_metric(cfg, H):
-    """The sample metric's weights (or the stand-in's permission), checked before training."""
-    choose_sample_metric(H.dataset, fid_weights=cfg.fid_weights, allow_standin=cfg.allow_standin,
-                         cache_dir=metrics_cache(cfg), data_root=H.data_root,
-                         device=default_device(cfg), logprint=say)
-
-
-def train(cfg, other_stages=()):
-    """Train in two rounds: what the headline rule reads, then everything else (with
-    `other_stages`, e.g. the other experiments' in the demo, side by side). Returns (headline,
-    rule)."""
-    run_stages(cfg, rule_stages(cfg))
+def train(cfg, other_runs=()):
+    """Train in two rounds: what the headline rule reads, then everything else (with `other_runs`,
+    e.g. the other experiments' in the demo, side by side). Returns (headline, rule)."""
+    run_all(cfg, rule_runs(cfg))
     headline, rule = choose_headline(cfg, default_device(cfg))
-    run_stages(cfg, list(other_stages) + stages(cfg, headline))
+    run_all(cfg, list(other_runs) + plan(cfg, headline))
     return headline, rule
 
 
 def run(cfg):
-    parse_targets(cfg.targets)
+    family(cfg)
     check_sample_metric(cfg, check_inputs(cfg))
     return report(cfg, *train(cfg))
 
 
-def main(argv=None):
-    return run_main(lambda a: run(parse(a, __doc__.split('\n')[0], add_arguments)), argv)
+main = command(run, __doc__, add_arguments, ('sample',))
 
 
 if __name__ == '__main__':

@@ -36,6 +36,13 @@ from scipy import stats
 ALPHA = 0.05
 NOISE_SDS = 2.0            # 1-2 seeds: a difference must exceed 2 sd of a difference of scores
 SETTLED_FRACTION = 0.5     # over the last fifth the difference shrinks by less than half itself
+# The rule in a report's words (demo.py and table2.py say it alike)
+RULE = ('Verdicts (progcode_ext/experiments/verdicts.py): with 3 seeds or more a one-sided paired '
+        f't-test at {ALPHA} (**held**, **did not hold**, else **no detectable difference**); with '
+        'one seed the difference must clear twice the standard deviation of a difference of two '
+        'scores, measured by scoring the same models twice (**held on 1 seed**, ...); either way '
+        'the difference must not have shrunk toward zero by half itself or more over the last '
+        'fifth of the runs, else **cannot tell (still moving)**.')
 
 
 @dataclass

@@ -8,7 +8,6 @@ the metric it computed with the value.
     name, d = perceptual_distance(x, y, 'svhn', lpips_weights='alexnet-owt-7be5be79.pth')
                                                                            # ('LPIPS-alex', (N,))
     name, d = perceptual_distance(x, y, 'mnist5k', allow_standin=True)     # ('PD-mnist5k', (N,))
-    last_choice('sample_quality')      # MetricChoice(name, real, reason, details): why that metric
 
 Choice (`metric='auto'`): the real metric (FID, LPIPS) when its package and weights are available
 (the local file given, or the package's standard download / torch hub cache). If they are not,
@@ -16,8 +15,9 @@ the stand-in of `standin.py` (`FD-<dataset>`, `PD-<dataset>`, features of a smal
 project trains on the dataset) is used only when `allow_standin=True`; otherwise
 MissingWeightsError. An explicitly given weights file that is unusable is always an error (never a
 fallback). `metric='real'` never falls back; `metric='standin'` always uses the stand-in (for
-numbers comparable across machines). Every choice is logged (`logprint`, default: the
-`progcode.metrics` logger at WARNING for a stand-in, INFO otherwise) and kept for `last_choice`.
+numbers comparable across machines). Every choice is logged with its reason (`logprint`, default:
+the `progcode.metrics` logger at WARNING for a stand-in, INFO otherwise); a choice repeated is
+logged in short.
 
 Other modules: `frechet` (Frechet distance, Gaussian statistics), `inception` (FID features),
 `lpips_metric` (LPIPS), `standin` (the classifier, FD-/PD-), `rd_profile` (rate per latent group,
@@ -30,21 +30,18 @@ from collections import namedtuple
 import numpy as np
 
 from vdvae.errors import ConfigError
+from vdvae.hps import number
 
 from ._common import MissingWeightsError, atomic_savez, default_cache_dir, sha256_prefix
-from .frechet import (RunningGaussianStats, frechet_distance, frechet_distance_from_features,
-                      gaussian_stats)
+from .frechet import RunningGaussianStats, frechet_distance
 from .rd_profile import rate_per_group, rate_profile, rd_profile
 
 __all__ = ['MissingWeightsError', 'MetricChoice', 'sample_quality', 'perceptual_distance',
-           'choose_sample_metric', 'choose_perceptual_metric', 'last_choice', 'reference_stats',
-           'feature_stats', 'RunningGaussianStats',
-           'frechet_distance', 'frechet_distance_from_features', 'gaussian_stats',
-           'rate_per_group', 'rate_profile', 'rd_profile', 'add_metric_arguments',
-           'DEFAULT_FID_SAMPLES', 'default_cache_dir']
+           'choose_sample_metric', 'choose_perceptual_metric', 'reference_stats', 'feature_stats',
+           'RunningGaussianStats', 'frechet_distance', 'rate_per_group', 'rate_profile',
+           'rd_profile', 'add_metric_arguments', 'DEFAULT_FID_SAMPLES', 'default_cache_dir']
 
 DEFAULT_FID_SAMPLES = 50_000           # the usual FID sample count (generated and reference)
-REAL_NAMES = ('FID', 'LPIPS')
 
 logger = logging.getLogger('progcode.metrics')
 
@@ -54,22 +51,16 @@ MetricChoice.__doc__ = """Which metric an entry point used: kind ('sample_qualit
 standard metric), reason (one line: why this metric, e.g. why the real one was unavailable),
 details (dict: weights file, counts, stand-in accuracy...)."""
 
-_LAST = {}
-
-
-def last_choice(kind='sample_quality'):
-    """The MetricChoice of the last `sample_quality` / `perceptual_distance` call (or None)."""
-    return _LAST.get(kind)
+_LOGGED = {}                       # kind -> the name of the metric last logged for it
 
 
 def _log_choice(choice, logprint):
     real_name = 'FID' if choice.kind == 'sample_quality' else 'LPIPS'
     status = 'the standard metric' if choice.real else f'STAND-IN, not comparable with {real_name}'
     line = f'{choice.kind}: using {choice.name} ({status}): {choice.reason}'
-    previous = _LAST.get(choice.kind)
-    _LAST[choice.kind] = choice
-    if previous is not None and previous.name == choice.name:
+    if _LOGGED.get(choice.kind) == choice.name:
         line = f'{choice.kind}: using {choice.name} ({status}), as before'
+    _LOGGED[choice.kind] = choice.name
     if logprint is not None:
         logprint(line)
     elif choice.real:
@@ -262,29 +253,31 @@ def perceptual_distance(x, y, dataset, lpips_weights=None, lpips_net='alex',
         dataset, lpips_weights, lpips_net, lpips_linear_weights, allow_standin, metric, cache_dir,
         data_root, device, logprint, standin_kwargs)
     values = distance_fn(x, y)
-    _log_choice(choice._replace(details=dict(choice.details, n_pairs=len(values))), logprint)
+    _log_choice(choice, logprint)
     return choice.name, values
 
 
-def add_metric_arguments(parser):
-    """The metric flags for an experiment driver's argparse parser."""
-    g = parser.add_argument_group('metrics')
-    g.add_argument('--fid_weights', default=None,
-                   help='local pt_inception-2015-12-05-6726825d.pth for FID (default: '
-                        'pytorch-fid\'s download)')
-    g.add_argument('--lpips_weights', default=None,
-                   help='local torchvision trunk weights for LPIPS (alexnet-owt-7be5be79.pth or '
-                        'vgg16-397923af.pth; default: torchvision\'s download)')
-    g.add_argument('--lpips_net', default='alex', choices=['alex', 'vgg'])
-    g.add_argument('--lpips_linear_weights', default=None,
-                   help='LPIPS linear layers (default: the v0.1 file inside the lpips package)')
-    g.add_argument('--allow_standin', action='store_true',
-                   help='without the FID/LPIPS weights, report FD-<dataset>/PD-<dataset> of the '
-                        'project\'s classifier instead (never called FID/LPIPS)')
-    g.add_argument('--metric', default='auto', choices=['auto', 'real', 'standin'])
-    g.add_argument('--fid_samples', type=int, default=DEFAULT_FID_SAMPLES,
-                   help='generated and reference images for FID / FD')
-    g.add_argument('--metrics_cache', default=None,
-                   help='folder of reference statistics and stand-in classifiers (default: '
-                        '$PROGCODE_CACHE or ~/.cache/progcode/metrics)')
+def add_metric_arguments(parser, *kinds):
+    """The metric flags of an experiment's command line: always the cache every experiment shares;
+    with 'sample' the sample metric's (FID, else FD-<dataset>), with 'perceptual' the perceptual
+    distance's (LPIPS, else PD-<dataset>), each with the permission to use the stand-in."""
+    a = parser.add_argument
+    a('--metrics_cache', default=None,
+      help='folder for the stand-in classifier and reference statistics, shared by every '
+      'experiment (default: $PROGCODE_CACHE, else ~/.cache/progcode/metrics)')
+    if 'sample' in kinds:
+        a('--n_samples', type=number(1), default=DEFAULT_FID_SAMPLES,
+          help='samples for the sample metric (default: %(default)s)')
+        a('--n_reference', type=number(1), default=DEFAULT_FID_SAMPLES,
+          help='training images for the reference statistics (default: %(default)s, at most the '
+          'whole training split)')
+        a('--sample_batch', type=number(1), default=100)
+        a('--fid_weights', default=None, help='local Inception weights for FID')
+    if 'perceptual' in kinds:
+        a('--lpips_weights', default=None, help='local LPIPS backbone weights')
+        a('--lpips_net', default='alex', choices=('alex', 'vgg'))
+    if kinds:
+        a('--allow_standin', action='store_true',
+          help='without the weights of FID (LPIPS), use the clearly labelled stand-in '
+          'FD-<dataset> (PD-<dataset>)')
     return parser

@@ -12,7 +12,7 @@ Every flag but --vdvae_root goes to upstream's parser (upstream's flags plus pro
 import os
 import sys
 
-from vdvae.errors import UserError
+from vdvae.errors import exit_status
 
 from .checkout import CheckoutError
 from .plugin import install
@@ -34,16 +34,13 @@ def split_root(argv):
 
 def main(argv=None):
     root, rest = split_root(sys.argv[1:] if argv is None else argv)
-    try:
+    def run():
         modules = install(root)
         if 'train' not in modules:
             raise CheckoutError('train.py is already running as the main program: run it directly')
         sys.argv = [os.path.join(os.path.dirname(modules['train'].__file__), 'train.py'), *rest]
         modules['train'].main()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(run)
 
 
 if __name__ == '__main__':

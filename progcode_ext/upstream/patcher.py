@@ -20,7 +20,7 @@ import os
 import sys
 
 from vdvae.checkpoint import atomic_write
-from vdvae.errors import UserError
+from vdvae.errors import UserError, exit_status
 
 from .checkout import recognise, warn_unless_pinned
 
@@ -119,12 +119,7 @@ def main(argv=None):
                              'vdvae_upstream submodule)')
     parser.add_argument('--dry-run', action='store_true', help='print the diff, change nothing')
     args = parser.parse_args(argv)
-    try:
-        patch(args.vdvae_root, args.action, args.dry_run)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(patch, args.vdvae_root, args.action, args.dry_run)
 
 
 if __name__ == '__main__':

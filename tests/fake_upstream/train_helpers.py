@@ -1,4 +1,4 @@
-"""STAND-IN for upstream openai/vdvae's train_helpers.py, written for progcode's tests from
+"""FAKE of upstream openai/vdvae's train_helpers.py, written for progcode's tests from
 ../shared/spec/vdvae_upstream.md; not upstream code.
 
 Hyperparameter/MPI/NCCL setup, model and optimizer construction, EMA, checkpoint save and restore
@@ -49,7 +49,7 @@ def accumulate_stats(stats, frequency):
         if k.endswith('_nans') or k == 'skipped_updates':
             z[k] = float(np.sum(vals))
         elif k == 'grad_norm':
-            z[k] = float(np.max(finite)) if finite else 0.0     # 0.0 if none finite: stand-in choice
+            z[k] = float(np.max(finite)) if finite else 0.0     # 0.0 if none finite: the fake's choice
         elif k == 'elbo':
             z[k] = float(np.mean(vals))
             z['elbo_filtered'] = float(np.mean(finite)) if finite else 0.0
@@ -102,7 +102,7 @@ def set_up_hyperparams(s=None):
 
 
 def restore_params(model, path, local_rank, mpi_size, map_ddp=True, map_cpu=False):
-    # upstream also fetches gs:// paths with gsutil (first rank per node first); not in the stand-in.
+    # upstream also fetches gs:// paths with gsutil (first rank per node first); not in the fake.
     # weights_only=True: torch's default since 2.6, which upstream's plain torch.load relies on
     state_dict = torch.load(path, map_location='cpu' if map_cpu else None, weights_only=True)
     if map_ddp:

@@ -1,4 +1,4 @@
-"""STAND-IN for upstream openai/vdvae's utils.py, written for progcode's tests from
+"""FAKE of upstream openai/vdvae's utils.py, written for progcode's tests from
 ../shared/spec/vdvae_upstream.md; not upstream code.
 
 MPI rank helpers (mpi4py is a hard dependency, imported at module top as upstream), the rank-0

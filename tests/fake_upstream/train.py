@@ -1,4 +1,4 @@
-"""STAND-IN for upstream openai/vdvae's train.py, written for progcode's tests from
+"""FAKE of upstream openai/vdvae's train.py, written for progcode's tests from
 ../shared/spec/vdvae_upstream.md; not upstream code.
 
 Training loop, evaluation and sample grids (spec §6.3, §6.4, §6.6, §6.7), CUDA/DDP-only as upstream:

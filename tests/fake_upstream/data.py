@@ -1,4 +1,4 @@
-"""STAND-IN for upstream openai/vdvae's data.py, written for progcode's tests from
+"""FAKE of upstream openai/vdvae's data.py, written for progcode's tests from
 ../shared/spec/vdvae_upstream.md; not upstream code.
 
 cifar10 only (spec §7). Quirks kept: the training batches are stacked with `np.vstack(<generator>)`,
@@ -35,7 +35,7 @@ def cifar10(data_root):
                       for i in range(1, 6))
     test = unpickle_cifar10(os.path.join(folder, 'test_batch'))[b'data']
     train, test = _to_nhwc(train), _to_nhwc(test)
-    # STAND-IN SIMPLIFICATION: upstream holds out 5000; min(5000, n // 5) lets tiny test data work.
+    # THE FAKE SIMPLIFIES: upstream holds out 5000; min(5000, n // 5) lets tiny test data work.
     train, valid = train_test_split(train, test_size=min(5000, len(train) // 5),
                                     random_state=11172018)
     return train, valid, test

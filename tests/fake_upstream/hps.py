@@ -1,4 +1,4 @@
-"""STAND-IN for upstream openai/vdvae's hps.py, written for progcode's tests from
+"""FAKE of upstream openai/vdvae's hps.py, written for progcode's tests from
 ../shared/spec/vdvae_upstream.md; not upstream code.
 
 Hyperparams (a dict with attribute access, missing attributes read as None), the preset registry
