@@ -9,6 +9,7 @@ import torch
 
 from progcode_ext.experiments import lpips_vs_mse, profile, rd_curve, stages, table1, table2
 from progcode_ext.upstream import __main__ as upstream_main
+from progcode_ext.upstream import checkout
 from progcode_ext.upstream import patcher
 from vdvae import __main__ as cli
 from vdvae import train
@@ -364,6 +365,8 @@ PLUGIN_CASES = [
 def test_plugin_mode(case, world, capsys, monkeypatch):
     _, main, args, name = case
     monkeypatch.delenv('VDVAE_ROOT', raising=False)
+    # 'no checkout given' means the empty submodule of a fresh clone, also where it is filled
+    monkeypatch.setattr(checkout, 'SUBMODULE', str(world['folder']))
     fails_cleanly(main, fill(args, world), world, capsys, name)
 
 

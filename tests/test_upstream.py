@@ -7,6 +7,7 @@ it is populated. The checkout is copied into a folder named `vdvae`, as `git clo
 Installing the plugin changes torch for its process (the CPU substitutes), so every run is a
 subprocess. Runs stop as they would in the real upstream: by the plugin's --num_iters.
 """
+import ast
 import importlib.util
 import json
 import os
@@ -458,12 +459,18 @@ def test_patcher_apply_dry_run_revert(each_checkout, capsys):
 def test_patcher_keeps_line_endings_and_future_imports(each_checkout):
     checkout = each_checkout
     train_py = checkout / 'vdvae' / 'train.py'
-    text = train_py.read_text().replace(
-        '\nimport os\n', '\nfrom __future__ import annotations\nimport os\n', 1)
+    # a future import must open the module: right after its docstring, if it has one
+    lines = train_py.read_text().split('\n')
+    first = ast.parse('\n'.join(lines)).body[0]
+    docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    at = first.end_lineno if docstring else 0
+    text = '\n'.join(lines[:at] + ['from __future__ import annotations'] + lines[at:])
     original = text.replace('\n', '\r\n').encode()
     train_py.write_bytes(original)
     patch(checkout / 'vdvae', 'apply')
-    lines = train_py.read_bytes().split(b'\r\n')
+    patched = train_py.read_bytes()
+    compile(patched, str(train_py), 'exec')                         # still a valid module
+    lines = patched.split(b'\r\n')
     assert b'\n' not in b''.join(lines)                              # still CRLF throughout
     at = lines.index(BEGIN.encode())
     assert lines[at - 1] == b'from __future__ import annotations'
