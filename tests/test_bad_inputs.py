@@ -94,7 +94,7 @@ def fails_cleanly(main, argv, world, capsys, must_name):
     except SystemExit as e:                 # argparse's own errors
         code = e.code
     err = capsys.readouterr().err
-    assert code not in (0, None), f'exit code {code} for {argv}'
+    assert code == 2, f'exit code {code} for {argv}'          # vdvae.errors.exit_status's
     lines = [line for line in err.splitlines() if 'error:' in line]
     assert len(lines) == 1, err
     assert 'Traceback' not in err

@@ -61,14 +61,60 @@ def test_bench_layouts_measure_side_by_side_throughput(tmp_path):
     assert one['ratio'] == 1.0 and two['ratio'] > 0
     assert len(two['runs'][0]['worker_step_s']) == 2                  # two workers at once
     assert two['steps_per_s'] == pytest.approx(2 / two['step_s'])
-    for bad in ('1x', '0x2', 'ax1'):
-        with pytest.raises(SystemExit):
-            load_bench().parse_args(['--layouts', bad])
 
 
-def test_bench_rejects_unknown_config():
-    with pytest.raises(SystemExit):
-        load_bench().main(['--configs', 'nope'])
+def exits_with_usage_error(capsys, fn, *args):
+    """fn(*args) must end as argparse's parser.error does: SystemExit with status 2 and the
+    usage line plus `bench.py: error: ...` on stderr; returns that error line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        fn(*args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('usage: ')
+    line = err.strip().splitlines()[-1]
+    assert ': error: ' in line, err
+    return line
+
+
+def test_bench_rejects_unknown_config(capsys):
+    line = exits_with_usage_error(capsys, load_bench().main, ['--configs', 'ours,nope'])
+    assert line.endswith("error: unknown config 'nope'; choose from baseline, ours, ours-nchw, "
+                         "ours-no-keep-memory, ours-foreach-adamw, ours-compile")
+    # every configuration it names is accepted
+    assert load_bench().parse_args(['--configs', 'baseline,ours-compile']).configs == \
+        'baseline,ours-compile'
+
+
+@pytest.mark.parametrize('bad,message', [
+    ('1x', "--layouts '1x': expected PxT,... e.g. 1x2,2x1"),
+    ('ax1', "--layouts 'ax1': expected PxT,... e.g. 1x2,2x1"),
+    ('2', '--layouts: every PxT needs P >= 1 and T >= 1'),
+    ('0x2', '--layouts: every PxT needs P >= 1 and T >= 1'),
+    ('1x1,2x0', '--layouts: every PxT needs P >= 1 and T >= 1'),
+    ('1x2x3', '--layouts: every PxT needs P >= 1 and T >= 1'),
+])
+def test_bench_rejects_bad_layouts(capsys, bad, message):
+    line = exits_with_usage_error(capsys, load_bench().parse_args, ['--layouts', bad])
+    assert line.endswith('error: ' + message)
+
+
+def test_bench_parses_layouts_and_rejects_bad_combinations(capsys):
+    bench = load_bench()
+    assert bench.parse_args(['--layouts', '1x2,2x1']).layouts == [(1, 2), (2, 1)]
+    assert bench.parse_args([]).layouts is None
+    for argv, message in (
+            (['--layouts', '1x1', '--device', 'cuda'], '--layouts is for --device cpu'),
+            (['--amp', 'tf32'], '--amp tf32 is for --device cuda'),
+            (['--steps', '0'], 'need --steps >= 1, --runs >= 1 and --warmup >= 0')):
+        assert exits_with_usage_error(capsys, bench.parse_args, argv).endswith('error: ' + message)
+
+
+def test_bench_set_without_a_value_names_the_item():
+    bench = load_bench()
+    with pytest.raises(SystemExit) as e:
+        bench.overrides(bench.parse_args(['--set', 'width']))
+    assert e.value.code == "--set wants KEY=VALUE, got 'width'"    # printed, exit status 1
 
 
 def test_bench_set_overrides_parse_literals():

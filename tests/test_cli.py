@@ -54,9 +54,12 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, args, message):
     assert out.read_bytes() == b'keep me'
 
 
-def test_negative_temperature_is_an_argparse_error():
-    with pytest.raises(SystemExit):
+def test_negative_temperature_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as e:
         main(['sample', *TINY8, '--t', '-1'])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: argument --t: temperatures must be >= 0, got '-1'\n")
 
 
 def test_summary(capsys):

@@ -298,8 +298,10 @@ def test_seeds_and_steps_are_validated(capsys):
     for bad in ('', '0,0'):
         with pytest.raises(ValueError, match='--seeds'):
             cli.parse(['--seeds', bad], 'd')
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         cli.parse(['--seeds', 'a'], 'd')
-    assert '--seeds' in capsys.readouterr().err
+    assert e.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        'error: argument --seeds: expected comma-separated integers\n')
     with pytest.raises(ValueError, match='--steps 3: at least 5'):
         cli.parse(['--steps', '3', '--out', '/tmp/x'], 'd')

@@ -252,7 +252,9 @@ def test_lpips_missing_package_says_how_to_install(monkeypatch):
 
 class FakeInception(nn.Module):
     """Stands in for pytorch_fid.inception.InceptionV3: same constructor contract (weights via the
-    module-level load_state_dict_from_url(FID_WEIGHTS_URL)), [0, 1] inputs, resize to 299."""
+    module-level load_state_dict_from_url(FID_WEIGHTS_URL)), [0, 1] inputs, resize to 299. A ReLU
+    makes its 2048 features of different images span more than the 3 dimensions of their mean
+    colours (tests/test_metrics_real.py runs the real network)."""
     BLOCK_INDEX_BY_DIM = {64: 0, 192: 1, 768: 2, 2048: 3}
 
     def __init__(self, output_blocks):
@@ -265,7 +267,7 @@ class FakeInception(nn.Module):
         assert x.shape[1] == 3 and 0 <= x.min() and x.max() <= 1
         x = nn.functional.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
         x = nn.functional.adaptive_avg_pool2d(2 * x - 1, (4, 4))
-        return [nn.functional.adaptive_avg_pool2d(self.proj(x), (1, 1))]
+        return [nn.functional.adaptive_avg_pool2d(torch.relu(self.proj(x)), (1, 1))]
 
 
 FAKE_FID = types.ModuleType('pytorch_fid.inception')
@@ -289,15 +291,48 @@ def fake_pytorch_fid(monkeypatch, tmp_path):
     return str(path)
 
 
+def network_features(model, images):
+    """The feature network's own output for uint8 NHWC images: [0, 1], one channel repeated to 3
+    (what the adapter must feed it), without the adapter's code."""
+    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).double().div(255).float()
+    with torch.no_grad():
+        return model(x.expand(-1, 3, -1, -1))[0].flatten(1).double().numpy()
+
+
+def frechet_from_features_exact(f1, f2):
+    """The Frechet distance of the Gaussian statistics of two feature sets, without a D x D square
+    root: with Si = Xi^T Xi (Xi the centred features over sqrt(n_i - 1)), the non-zero eigenvalues
+    of S1 S2 are those of (X1 X2^T)(X1 X2^T)^T, so Tr((S1 S2)^(1/2)) is the sum of the singular
+    values of X1 X2^T."""
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    m1, m2 = f1.mean(0), f2.mean(0)
+    x1, x2 = (f1 - m1) / np.sqrt(len(f1) - 1), (f2 - m2) / np.sqrt(len(f2) - 1)
+    return float(np.sum((m1 - m2) ** 2) + np.sum(x1 ** 2) + np.sum(x2 ** 2)
+                 - 2 * np.linalg.svd(x1 @ x2.T, compute_uv=False).sum())
+
+
+def test_frechet_from_features_exact_is_the_closed_form():
+    rng = np.random.RandomState(5)
+    a, b = rng.randn(40, 6), rng.randn(30, 6) @ rng.randn(6, 6) + 0.5
+    assert frechet_from_features_exact(a, b) == pytest.approx(
+        frechet_distance_from_features(a, b), rel=1e-9)
+
+
 def test_fid_features_through_the_package_interface(fake_pytorch_fid, monkeypatch):
     images = torch.randint(0, 256, (5, 16, 16, 1), dtype=torch.uint8)
     with pytest.warns(RuntimeWarning, match='sha256'):          # not the real file
         model = inception.load_inception(fake_pytorch_fid)
     assert FAKE_FID.load_state_dict_from_url.__name__ == 'no_network'   # restored afterwards
+    saved = torch.load(fake_pytorch_fid, weights_only=True)
+    assert all(torch.equal(model.proj.state_dict()[k], saved[k]) for k in saved)
+    assert not model.training
     grey = inception.inception_features(images, model, batch_size=2)
     rgb = inception.inception_features(images.repeat(1, 1, 1, 3), model)
     assert grey.shape == (5, 2048) and grey.dtype == np.float64
-    np.testing.assert_allclose(grey, rgb, rtol=1e-5, atol=1e-6)
+    expected = network_features(model, images)
+    np.testing.assert_allclose(grey, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rgb, expected, rtol=1e-5, atol=1e-6)
+    assert np.ptp(expected, axis=0).max() > 1e-2         # the images' features differ
     # no local file: the standard download, which fails here -> the file, the URL, the flag
     monkeypatch.setattr(torch.hub, 'load_state_dict_from_url',
                         lambda *a, **k: (_ for _ in ()).throw(OSError('no network')))
@@ -350,10 +385,22 @@ def fake_lpips(monkeypatch, tmp_path):
 def test_lpips_through_the_package_interface(fake_lpips):
     path, trunk = fake_lpips
     model = lpips_metric.load_lpips('alex', path)
-    assert torch.equal(model.net.slice2[0].weight, trunk['features.2.weight'])
+    for name in ('0.weight', '0.bias'):
+        assert torch.equal(model.net.slice1.state_dict()[name], trunk['features.' + name])
+    for name in ('2.weight', '2.bias'):
+        assert torch.equal(model.net.slice2.state_dict()[name], trunk['features.' + name])
     x = torch.randint(0, 256, (3, 12, 12, 1), dtype=torch.uint8)
-    d = lpips_metric.lpips_distance(x, noisy(x, 30), model)
-    assert d.shape == (3,) and np.all(d > 0)
+    y = noisy(x, 30)
+    d = lpips_metric.lpips_distance(x, y, model, batch_size=2)
+    assert d.shape == (3,) and d.dtype == np.float64
+
+    def unit(images):                  # [-1, 1], 3 channels: the package's inputs
+        return torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).double().div(
+            127.5).sub(1).float().expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        expected = model(unit(x), unit(y)).flatten().double().numpy()
+    np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-7)
+    assert np.all(d > 0)
     assert np.all(lpips_metric.lpips_distance(x, x, model) == 0)
     with pytest.raises(MissingWeightsError, match='--lpips_weights'):     # download fails here
         lpips_metric.load_lpips('alex', None)
@@ -380,13 +427,13 @@ def lines(monkeypatch):
 @pytest.mark.slow
 def test_entry_points_use_the_standin_only_when_allowed_and_say_so(mnist, cache_dir,
                                                                    no_real_packages, lines):
-    splits, _, info = mnist
+    splits, model, info = mnist
     gen, ref = splits['test'][list(range(200))], splits['train']
     with pytest.raises(MissingWeightsError, match='allow_standin'):
         metrics.sample_quality(gen, ref, 'mnist5k', cache_dir=cache_dir)
     with pytest.raises(MissingWeightsError, match='allow_standin'):
         metrics.perceptual_distance(gen, gen, 'mnist5k', cache_dir=cache_dir)
-    with pytest.raises(MissingWeightsError):                  # the real metric asked for
+    with pytest.raises(MissingWeightsError, match='FID needs the package pytorch-fid'):  # real
         metrics.sample_quality(gen, ref, 'mnist5k', metric='real', allow_standin=True,
                                cache_dir=cache_dir)
     with pytest.raises(MissingWeightsError, match='no_such.pth'):   # a given file: no fallback
@@ -395,7 +442,10 @@ def test_entry_points_use_the_standin_only_when_allowed_and_say_so(mnist, cache_
     fd, value = metrics.sample_quality(gen, ref, 'mnist5k', allow_standin=True,
                                        cache_dir=cache_dir, reference_split='train',
                                        n_reference=1000, logprint=lines.append)
-    assert fd == 'FD-mnist5k' and value > 0 and np.isfinite(value)
+    reference_1000 = ref[list(range(1000))]
+    expected = frechet_distance_from_features(standin.standin_features(model, gen),
+                                              standin.standin_features(model, reference_1000))
+    assert fd == 'FD-mnist5k' and value == pytest.approx(expected, rel=1e-6) and value > 0
     assert lines[-1].startswith('sample_quality: using FD-mnist5k (STAND-IN, not comparable with '
                                 'FID): FID unavailable')
     assert lines[-1].endswith('; 200 generated vs 1000 reference images')
@@ -414,25 +464,31 @@ def test_entry_points_use_the_standin_only_when_allowed_and_say_so(mnist, cache_
 
 @pytest.mark.slow
 def test_entry_points_pick_the_real_metrics_when_available(fake_pytorch_fid, fake_lpips, mnist,
-                                                           cache_dir, monkeypatch, lines):
+                                                           cache_dir, lines):
     splits, _, _ = mnist
     gen, ref = splits['test'][list(range(20))], splits['train']
-    shapes = []
-
-    def frechet_stub(mu1, sigma1, mu2, sigma2):     # sqrtm of 2048 x 2048 takes ~30 s here
-        shapes.append((mu1.shape, sigma1.shape, mu2.shape, sigma2.shape))
-        return 1.25
-    monkeypatch.setattr(metrics, 'frechet_distance', frechet_stub)
-    with pytest.warns(RuntimeWarning, match='sha256'):
+    with pytest.warns(RuntimeWarning, match='sha256'):      # the real Frechet distance: ~15 s here
         name, value = metrics.sample_quality(gen, ref, 'mnist5k', fid_weights=fake_pytorch_fid,
                                              allow_standin=True, n_reference=30,
                                              cache_dir=cache_dir, logprint=lines.append)
-    assert (name, value) == ('FID', 1.25)
+    # the value, from the network's own features of the 20 images and the first 30 references
+    model = inception.load_inception(fake_pytorch_fid)         # the one loaded above
+    f_gen, f_ref = network_features(model, gen), network_features(model, ref[list(range(30))])
+    expected = frechet_from_features_exact(f_gen, f_ref)
+    # the square root of a singular S1 S2 (20 and 30 samples in 2048 dimensions) is accurate to
+    # ~1e-6 of the covariances' scale (their traces, here ~60x the distance), not of the distance
+    scale = np.var(f_gen, axis=0, ddof=1).sum() + np.var(f_ref, axis=0, ddof=1).sum()
+    assert name == 'FID' and value == pytest.approx(expected, abs=1e-5 * scale, rel=0)
+    assert expected > 1e-3 * scale
     assert lines[-1].startswith('sample_quality: using FID (the standard metric): ')
-    assert shapes == [((2048,), (2048, 2048)) * 2]
-    name, d = metrics.perceptual_distance(gen, gen, 'mnist5k', lpips_weights=fake_lpips[0],
+    assert lines[-1].endswith('; 20 generated vs 30 reference images')
+    other = noisy(gen, 40)
+    name, d = metrics.perceptual_distance(gen, other, 'mnist5k', lpips_weights=fake_lpips[0],
                                           cache_dir=cache_dir)
-    assert name == 'LPIPS-alex' and np.all(d == 0)
+    expected = lpips_metric.lpips_distance(gen, other, lpips_metric.load_lpips('alex',
+                                                                             fake_lpips[0]))
+    assert name == 'LPIPS-alex' and d.shape == (20,) and np.all(d > 0)
+    np.testing.assert_array_equal(d, expected)
     name, _ = metrics.sample_quality(gen, ref, 'mnist5k', metric='standin', n_reference=30,
                                      cache_dir=cache_dir, logprint=lines.append)
     assert name == 'FD-mnist5k' and 'stand-in requested' in lines[-1]
