@@ -149,6 +149,7 @@ TRAIN_CASES = [
     ('num_temperatures_visualize 5', ['--num_temperatures_visualize', '5'],
      '--num_temperatures_visualize'),
     ('max_consecutive_skips 0', ['--max_consecutive_skips', '0'], '--max_consecutive_skips'),
+    ('collective_timeout 0', ['--collective_timeout', '0'], '--collective_timeout'),
     ('custom_width_str', ['--custom_width_str', '16:abc'], 'custom_width_str'),
     ('progressive_res 5', ['--progressive_res', '5'], '--progressive_res'),
     ('progressive_res 0', ['--progressive_res', '0'], '--progressive_res'),

@@ -5,6 +5,7 @@ Upstream writes `{path}-model.th` (the DDP-wrapped model: keys prefixed `module.
 group, not per parameter). Every load here is `torch.load(..., weights_only=True)`, so a file that
 would run code when unpickled is refused.
 """
+import errno
 import functools
 import json
 import os
@@ -253,18 +254,41 @@ def save_checkpoint_set(folder, files):
     """Write `files` ({name: object to torch.save, or a path to copy}) into `folder` so that a
     crash at any moment leaves either the whole old set or the whole new set: every file is first
     written completely as `name.pending`, then a commit record names them, then they are renamed.
-    `recover_checkpoint_set` finishes or discards an interrupted save."""
-    for name, obj in files.items():
-        target = os.path.join(folder, name + '.pending')
-        if isinstance(obj, (str, os.PathLike)):
-            with open(obj, 'rb') as src:
-                data = src.read()
-            atomic_write(target, lambda f: f.write(data))
-        else:
-            atomic_save(obj, target)
-    record = json.dumps(sorted(files)).encode()
-    atomic_write(os.path.join(folder, _COMMIT), lambda f: f.write(record))
+    `recover_checkpoint_set` finishes or discards an interrupted save. A write that fails (a full
+    disk) removes what this save wrote and raises one CheckpointError; the old set stays."""
+    pending = []
+    try:
+        for name, obj in files.items():
+            target = os.path.join(folder, name + '.pending')
+            pending.append(target)
+            if isinstance(obj, (str, os.PathLike)):
+                with open(obj, 'rb') as src:
+                    data = src.read()
+                atomic_write(target, lambda f: f.write(data))
+            else:
+                atomic_save(obj, target)
+        record = json.dumps(sorted(files)).encode()
+        atomic_write(os.path.join(folder, _COMMIT), lambda f: f.write(record))
+    except OSError as e:
+        for path in pending:                    # no commit record: none of them is wanted
+            if os.path.exists(path):
+                os.unlink(path)
+        raise _save_failed(folder, files, e) from e
     recover_checkpoint_set(folder)
+
+
+def _save_failed(folder, files, error):
+    """The CheckpointError of a save that failed with `error` (an OSError) and was rolled back."""
+    prefix = os.path.commonprefix(sorted(files))
+    what = prefix + '*' if prefix else ', '.join(sorted(files))
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem, fix = 'no space left on the device', 'free space there'
+    else:
+        problem, fix = error.strerror or str(error), 'fix the folder'
+    return CheckpointError(f'cannot save checkpoint {what} in {folder!r}: {problem}. Nothing of '
+                           'it was kept and the previous checkpoint there is intact: '
+                           f'{fix} (or copy the run to another --save_dir), then continue with '
+                           '--resume')
 
 
 def recover_checkpoint_set(folder):
@@ -281,7 +305,10 @@ def recover_checkpoint_set(folder):
         _fsync_dir(folder)
         os.unlink(commit)
     for name in os.listdir(folder):
-        if name.endswith('.pending'):
+        # pending files, and the temporary files of their writes that a kill cut short (which
+        # `atomic_write` names .NAME.pending.XXXX.tmp): space a full disk needs back
+        if name.endswith('.pending') or (name.startswith('.') and name.endswith('.tmp')
+                                         and '.pending.' in name):
             os.unlink(os.path.join(folder, name))
 
 

@@ -5,8 +5,11 @@ variables are set. Under mpiexec, mpi4py (imported only then) gives the rank and
 rank 0's host name becomes MASTER_ADDR, as upstream does. NCCL on CUDA, gloo on CPU.
 """
 import copy
+import datetime
 import os
+import re
 import socket
+import sys
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,9 +38,16 @@ def _launched_by_mpi():
     return any(int(os.environ.get(v, '1')) > 1 for v in _MPI_SIZE_VARIABLES)
 
 
-def setup_distributed(port=29500, device=None):
+class LostRankError(RuntimeError):
+    """A collective failed: another rank died (its connections closed) or stopped answering for
+    the collective timeout. The message names the rank where it can."""
+
+
+def setup_distributed(port=29500, device=None, timeout=None):
     """Detect the launcher, start the process group if there is more than one process, and pick
-    this process's device (cuda:local_rank when CUDA is available, unless `device` says)."""
+    this process's device (cuda:local_rank when CUDA is available, unless `device` says).
+    `timeout` (seconds; None: torch's default) bounds every collective, so that a rank whose peer
+    hangs (a dead node that closes no connection) stops instead of waiting for it."""
     if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:           # torchrun
         rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
         local_rank = int(os.environ.get('LOCAL_RANK', rank))
@@ -60,7 +70,8 @@ def setup_distributed(port=29500, device=None):
         os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
         os.environ.setdefault('MASTER_PORT', str(port))
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', rank=rank,
-                                world_size=world)
+                                world_size=world, timeout=timeout and datetime.timedelta(
+                                    seconds=timeout))
     return Dist(rank, world, local_rank, device)
 
 
@@ -96,6 +107,58 @@ def broadcast_from_main(obj):
 def cleanup():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------------
+# A rank lost
+
+def is_collective_failure(error):
+    """Whether `error` is a collective of a started multi-process group that failed because a
+    peer went away: torch's DistError kinds (NCCL), or gloo's transport errors (plain
+    RuntimeErrors naming gloo's source file: "Connection closed by peer", "Connection reset by
+    peer", "Timed out waiting ...")."""
+    started = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return started and (isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and '/gloo/transport/' in str(error)))
+
+
+def rank_processes():
+    """'pid@host' of every rank, in rank order (a collective). Logged at the start, so that a
+    launcher's report of a dead process ("PID 4321 RUNNING AT node7", mpiexec) names its rank."""
+    me = f'{os.getpid()}@{socket.gethostname()}'
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [me]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, me)
+    return everyone
+
+
+def lost_rank_error(error, timeout):
+    """The LostRankError for a failed collective of this rank: which rank it lost (in a world of
+    two, the other one; otherwise the backend names the peer's address) and why."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    lost = f'rank {1 - rank}' if world == 2 else 'another rank'
+    return LostRankError(
+        f'rank {rank} of {world} lost contact with {lost} ({_backend_reason(error)}): it died, or '
+        f'did not answer within --collective_timeout {timeout:g} s')
+
+
+def _backend_reason(error):
+    """The backend's first sentence without its source location, e.g. "Connection closed by peer
+    [10.0.0.2]:4321"."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r'^\[[^\]]*\.(cc|cpp|h):\d+\]\s*', '', text)
+    return re.split(r'\.\s', text, maxsplit=1)[0].rstrip('.')
+
+
+def exit_at_once(status):
+    """End the process with `status` now, after flushing its output. After a lost rank the process
+    group's threads are left mid-operation, and destroying them at the interpreter's normal exit
+    can abort the process (SIGABRT, "terminate called without an active exception") instead of
+    exiting with `status`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 # ------------------------------------------------------------------------------------------------

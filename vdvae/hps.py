@@ -226,6 +226,9 @@ def add_vae_arguments(parser):
     a('--channels_last', action='store_true', help='channels-last memory format (faster convs)')
     a('--compile', action='store_true', help='torch.compile the model')
     a('--device', type=str, default=None, help=_d('torch device; None: cuda:LOCAL_RANK or cpu'))
+    a('--collective_timeout', type=float, default=600,
+      help=_d('seconds a rank waits for the others in a collective before it stops, naming the '
+              'lost rank (several processes only; more than the slowest checkpoint save)'))
     a('--model', type=str, default='vdvae', help=_d('network to train (vdvae.models.MODELS)'))
     a('--quiet', action='store_true', help='log to files only (log.txt, log.jsonl), not stdout')
     for add_arguments in EXTRA_ARGUMENTS:
@@ -331,7 +334,7 @@ FLAG_RULES = {
     'lr': positive(), 'grad_clip': positive(), 'bottleneck_multiple': positive(),
     'skip_threshold': ('a number > 0, or -1 (never skip)',
                        lambda v: _number(v) and (v > 0 or v == -1)),
-    'warmup_iters': non_negative(), 'wd': non_negative(),
+    'warmup_iters': non_negative(), 'wd': non_negative(), 'collective_timeout': positive(),
     'ema_rate': rate(), 'adam_beta1': rate(), 'adam_beta2': rate(),
 }
 CHECKS = []

@@ -1,5 +1,9 @@
 """Train a VDVAE with upstream's command line, on one process or many, resumable exactly.
 
+SIGTERM or SIGINT saves the latest state after the current step and exits with 143 or 130; a rank
+that loses the others stops with status 4; a full disk is one `error:` line (status 2), the
+previous checkpoint intact (docs/training.md, "Faults").
+
     python train.py --hps mnist5k                              # CPU, offline
     python train.py --hps cifar10 --data_root DATA            # one GPU
     mpiexec -n 8 python train.py --hps imagenet32             # upstream's launcher
@@ -12,11 +16,13 @@ Checkpoints use upstream's names (`latest-model.th`, `-model-ema.th`, `-opt.th`,
 one set that a crash can never leave half-new.
 """
 import argparse
+import errno
 import json
 import math
 import os
 import random
 import shutil
+import signal
 import sys
 import warnings
 from collections import deque, namedtuple
@@ -30,15 +36,17 @@ from tqdm import tqdm
 from vdvae.checkpoint import (check_can_write, load_file, recover_checkpoint_set,
                               restore_optimizer, restore_params, save_checkpoint_set)
 from vdvae.contract import training_loss, with_distortion_name
-from vdvae.data import set_up_data
-from vdvae.distributed import (all_reduce_mean, broadcast_from_main, cleanup,
-                               match_gradient_layout, setup_distributed)
+from vdvae.data import DataError, set_up_data
+from vdvae.distributed import (all_reduce_mean, broadcast_from_main, cleanup, exit_at_once,
+                               is_collective_failure, lost_rank_error, match_gradient_layout,
+                               rank_processes, setup_distributed)
 from vdvae.errors import ConfigError, UserError
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams, read_hparams
 from vdvae.images import write_images
 from vdvae.logger import Logger, read_jsonl
 from vdvae.models import build_model
+from vdvae.preemption import preempted_status, stop_on_signals
 from vdvae.train_helpers import (build_optimizer, copy_buffers, keep_freed_memory,
                                  training_step)
 
@@ -52,6 +60,12 @@ ARCHITECTURE_KEYS = ('dataset', 'image_size', 'image_channels', 'enc_blocks', 'd
 EARLY_LOG_STEPS = {1} | {2 ** e for e in range(3, 14)}
 RUN_FILES = ('hparams.json', 'log.jsonl', 'latest-state.th', 'latest-model.th')
 PROGRESS_KEYS = ('step', 'epoch', 'batch', 'consecutive_skips')
+
+
+# Exit statuses besides 0 (finished): 2 bad input or a full disk (vdvae.errors), 3 training cannot
+# make progress, 4 another rank was lost, 128 + N stopped by signal N (vdvae.preemption).
+STOPPED, LOST_RANK = 3, 4
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class TrainingStopped(RuntimeError):
@@ -190,13 +204,27 @@ def main(argv=None):
         return 2
     except TrainingStopped as e:
         print(f'stopped: {e}', file=sys.stderr)
-        return 3
+        return STOPPED
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        print(f"error: no space left on the device to write {e.filename or H.get('save_dir')!r}: "
+              'free space (or choose another --save_dir) and start again; --resume continues '
+              'from the last checkpoint, which is intact', file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if not is_collective_failure(e):
+            raise
+        print(f'stopped: {lost_rank_error(e, H.collective_timeout)}. The last checkpoint in '
+              f'{os.path.join(H.save_dir, H.desc)} is intact: start every rank again with --resume',
+              file=sys.stderr)
+        exit_at_once(LOST_RANK)
     finally:
         cleanup()
 
 
 def train(H):
-    d = setup_distributed(H.port, H.device)
+    d = setup_distributed(H.port, H.device, H.collective_timeout)
     if d.device.type == 'cpu':
         keep_freed_memory()                 # about 6% faster CPU steps (BENCHMARKS.md)
     run_dir = os.path.join(H.save_dir, H.desc)
@@ -211,8 +239,8 @@ def train(H):
                          d.world_size, state.autocast)
         run.logprint(type='test_loss', **stats)
         return 0
-    train_loop(H, run, state)
-    return 0
+    with stop_on_signals() as stop:
+        return train_loop(H, run, state, stop)
 
 
 # What a run works on (`Run`), and the training state that a checkpoint saves (`TrainState`).
@@ -308,6 +336,9 @@ def ready_to_train(H, run, st, rngs):
     d, logprint = run.dist, run.logprint
     logprint(f'parameters: {sum(p.numel() for p in st.vae.parameters()):,}; device {d.device}, '
              f'{d.world_size} process(es), batch {H.n_batch} per process, amp {H.amp}')
+    if d.world_size > 1:
+        logprint('ranks (pid@host): ' + ', '.join(f'{r}: {p}' for r, p in
+                                                  enumerate(rank_processes())))
     if H.resume:
         logprint(f"resumed {run.run_dir} at step {st.progress['step']}")
     if st.progress['step'] == 0 and not H.test_eval:
@@ -358,7 +389,9 @@ def finished(H, progress):
         H.num_iters is not None and progress['step'] >= H.num_iters)
 
 
-def train_loop(H, run, st):
+def train_loop(H, run, st, stop):
+    """Train until --num_iters / --num_epochs, or until a stop signal (`stop`, a
+    vdvae.preemption.StopRequest) is seen between steps. Returns the exit status."""
     d, progress = run.dist, st.progress
     viz_items = load_batch(run.data_eval, range(min(H.num_images_visualize, len(run.data_eval))))
     viz_in, _ = run.preprocess_fn(viz_items, d.device)
@@ -372,7 +405,8 @@ def train_loop(H, run, st):
         for indices in batches[progress['batch']:]:
             if finished(H, progress):
                 break
-            x_in, x_target = run.preprocess_fn(load_batch(run.data_train, indices), d.device)
+            x_in, x_target = run.preprocess_fn(load_training_batch(run, indices, progress),
+                                               d.device)
             stats = training_step(H, x_in, x_target, st.model, st.ema_vae, st.optimizer,
                                   scaler=st.scaler, autocast=st.autocast,
                                   reduce_stats=lambda s: all_reduce_mean(s, d.device))
@@ -387,6 +421,11 @@ def train_loop(H, run, st):
             bar.update(1)
             after_step(H, run, st, stats, window, progress['step'] - start_step,
                        (viz_items, viz_in))
+            # between steps, where the state is what a periodic save holds: every rank agrees
+            signum = not finished(H, progress) and stop.agreed(d.device)
+            if signum:
+                bar.close()
+                return preempt(run, st, signum)
         else:                                       # the epoch ran to its end
             progress.update(epoch=progress['epoch'] + 1, batch=0)
             if (progress['epoch'] - 1) % H.epochs_per_eval == 0:
@@ -398,6 +437,33 @@ def train_loop(H, run, st):
     run.logprint(f"finished at step {progress['step']}; checkpoints in {run.run_dir}")
     bar.close()
     run.logprint.close()
+    return 0
+
+
+def load_training_batch(run, indices, progress):
+    """The next batch. The data were checked when the run started; a file removed or damaged
+    since then is one error naming it, and the last checkpoint is intact."""
+    try:
+        return load_batch(run.data_train, indices)
+    except DataError as e:
+        raise type(e)(f"the training data changed during the run (step {progress['step'] + 1}): "
+                      f'{e}. The last checkpoint in {run.run_dir} is intact: restore the data, '
+                      'then continue with --resume') from None
+
+
+def preempt(run, st, signum):
+    """After a stop signal: save the latest set (what a periodic save writes, so that --resume
+    continues exactly), and only then let any rank exit: a launcher such as mpiexec ends the
+    remaining ranks as soon as one exits with a non-zero status. Returns the exit status."""
+    save_run(run, st, ['latest'])
+    broadcast_from_main(None)                   # a barrier: rank 0 has written the set
+    line = (f"pre-empted by {signal.Signals(signum).name} at step {st.progress['step']}: saved "
+            f'the latest checkpoint in {run.run_dir}; continue with --resume')
+    run.logprint(line)
+    if run.dist.is_main and not run.logprint.echo:
+        print(line, file=sys.stderr)            # shown under --quiet too: it is how the run ended
+    run.logprint.close()
+    return preempted_status(signum)
 
 
 def after_step(H, run, st, stats, window, steps_here, viz):

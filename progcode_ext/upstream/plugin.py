@@ -13,6 +13,9 @@ Besides adding progcode, it fixes these quirks of upstream's code (spec section 
   rounding, and no buffers: it now averages trainable parameters only and copies buffers (the
   Lagrange multiplier), and first lets the model take its multiplier step;
 * the cifar10 loader's `np.vstack(generator)` fails on NumPy >= 1.24 (upstream issue 19);
+* SIGTERM (pre-emption) and SIGINT end the loop at once, losing everything since the last save:
+  they now stop it after the current iteration, every rank at the same one, with the `latest`
+  set saved, and the process exits with 128 + the signal's number (vdvae.preemption);
 * DDP with `device_ids` fails for a model on the CPU, and without `find_unused_parameters` for
   the masked decoder's unused branches.
 Not changed: the first step's lr is 0; warm-up restarts on resume; a run whose gradient norm stays
@@ -21,9 +24,11 @@ above skip_threshold stops updating for good (issue 25); evaluation averages bat
 import argparse
 import json
 import os
+import signal
 import sys
 
 import torch
+import torch.distributed as dist
 
 from progcode_ext.register import add_progcode_arguments  # (importing it registers the models)
 from vdvae import data as core_data
@@ -31,6 +36,7 @@ from vdvae.checkpoint import atomic_write, recover_checkpoint_set, save_checkpoi
 from vdvae.errors import ConfigError
 from vdvae.hps import HPARAMS_REGISTRY, unknown_name_message
 from vdvae.models import MODELS
+from vdvae.preemption import StopRequest, install_stop_handlers, preempted_status
 from vdvae.train_helpers import cosine_decay_factor, update_ema as update_trainable_ema
 
 from . import substitutes
@@ -69,6 +75,9 @@ def _install(root):
         (modules['data'].set_up_data, with_progcode_datasets(modules['data'].set_up_data)),
         (torch.nn.parallel.DistributedDataParallel, substitutes.DistributedDataParallel),
     ]
+    if hasattr(helpers, 'load_vaes') and hasattr(helpers, 'load_opt'):    # what a save needs
+        for name, wrap in (('load_vaes', remembering_models), ('load_opt', stopping_on_signals)):
+            replacements.append((getattr(helpers, name), wrap(getattr(helpers, name))))
     for name, replacement in (('update_ema', update_ema), ('save_model', save_model),
                               ('linear_warmup', linear_warmup)):
         if hasattr(helpers, name):
@@ -185,7 +194,9 @@ def with_progcode_datasets(set_up_data):
 # ------------------------------------------------------------------------------------------------
 # A run of a fixed number of iterations (--num_iters), in run folders progcode's experiments read
 
-RUN = {'H': None, 'iteration': 0}          # this process's run: its H, iterations done
+# this process's run: its H, iterations done; once its loop starts, what a save needs (the
+# models, optimizer and logprint) and the stop request that SIGTERM / SIGINT set
+RUN = {'H': None, 'iteration': 0, 'stop': None}
 
 
 def write_hparams(H):
@@ -197,11 +208,63 @@ def write_hparams(H):
 
 def count_iteration(iteration):
     """Called with the number of iterations done after each one (the warm-up schedule's step):
-    past --num_iters, every rank stops, the run having been saved at --num_iters."""
+    past --num_iters, every rank stops, the run having been saved at --num_iters; after a stop
+    signal, every rank stops here, the run saved now."""
     RUN['iteration'] = iteration
     H = RUN['H']
     if H is not None and H.get('num_iters') and iteration > H.num_iters:
         sys.exit(0)
+    if RUN['stop'] is not None:
+        signum = RUN['stop'].agreed(_collective_device())
+        if signum:
+            preempt(signum)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pre-emption: upstream's loop has no signal handler; this one acts between iterations
+
+def remembering_models(load_vaes):
+    """Upstream's `load_vaes`, keeping the models for a save at a stop signal."""
+    def load_vaes_(H, logprint):
+        vae, ema_vae = load_vaes(H, logprint)
+        RUN.update(vae=vae, ema_vae=ema_vae)
+        return vae, ema_vae
+    return load_vaes_
+
+
+def stopping_on_signals(load_opt):
+    """Upstream's `load_opt`, which its training loop calls first: keeps the optimizer and the
+    logger for a save at a stop signal, then lets SIGTERM / SIGINT only ask the loop to stop (it
+    does at the next iteration, in `count_iteration`)."""
+    def load_opt_(H, vae, logprint):
+        out = load_opt(H, vae, logprint)
+        RUN.update(optimizer=out[0], logprint=logprint, stop=StopRequest())
+        install_stop_handlers(RUN['stop'])
+        return out
+    return load_opt_
+
+
+def _collective_device():
+    """Where the stop flag is reduced: NCCL reduces CUDA tensors only."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == 'nccl':
+        return torch.device('cuda', torch.cuda.current_device())
+    return None
+
+
+def preempt(signum):
+    """Save `latest` as upstream's periodic save does (rank 0), wait until it is written (mpiexec
+    ends the other ranks as soon as one exits non-zero), then exit with 128 + signum."""
+    H, iteration = RUN['H'], RUN['iteration']
+    if is_main_process():
+        save_model(os.path.join(H.save_dir, 'latest'), RUN['vae'], RUN['ema_vae'],
+                   RUN['optimizer'], H)
+        RUN['logprint'](f'pre-empted by {signal.Signals(signum).name} after {iteration} '
+                        f'iterations: saved {os.path.join(H.save_dir, "latest")}-*; continue with '
+                        "upstream's --restore_path, --restore_ema_path, --restore_optimizer_path "
+                        'and --restore_log_path on those files')
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    sys.exit(preempted_status(signum))
 
 
 # ------------------------------------------------------------------------------------------------
