@@ -1,0 +1,276 @@
+"""A progressive code from a trained chain (multi_stage.py) or a plain VDVAE: images to one
+bitstream chunk per stage, entropy-coded with constriction's range coder.
+
+Latents. Stage by stage, top-down through each decoder block, in closed loop: the encoder feeds
+forward the quantised latent z_hat = m + b sigma k, exactly as the decoder will, where m and sigma are
+the prior's mean and std given the z_hat's before (and, for stage k > 1, x_hat_{k-1}), b the bin
+width in prior stds, and k = round((mu_q - m) / (b sigma)) the posterior mean's offset in bins.
+k is coded under the prior's Gaussian discretised to those bins (std 1 / b around 0), so a chunk
+costs about -log2 p(z_hat) and the picture decoded from a prefix is the one the encoder computed.
+Latent channels that carry nothing about the batch (mean KL below `active_kl`) stay at the prior
+mean; which ones is sent first (a bit per channel per block). This is not bits-back coding: the
+gap to the -ELBO is the price of quantising the latents.
+
+Pixels. After the last stage's latents, each 8-bit pixel is coded under the mixture of logistics
+given everything decoded: R under its marginal, G and B under the mixture reweighted by the
+channels already decoded (one component choice for R, G and B, as the model defines it), so the
+product of the three is the model's own joint probability of the pixel.
+
+Determinism. Encoder and decoder must compute the same probabilities to the bit. The networks run
+in float64, and what the coder uses (prior means and log-stds, the mixture's parameters) is
+rounded to a grid of PARAM_GRID before use: float64 rounding differences (another thread count,
+another CPU) are about 1e-15, so they change a rounded value only when it lies within that of a
+grid point (about 1e-9 of the values). Images are coded in batches of `batch` in file order, the
+same on both sides.
+"""
+import copy
+
+import numpy as np
+import torch
+from scipy.special import ndtr
+
+import constriction
+
+from vdvae.data import make_preprocess
+from vdvae.errors import ConfigError
+
+from ..mean_head import picture
+
+# Defaults chosen by measurement on the toy's two-stage chain (docs/codec.md): the widest bin whose
+# x_hat_1 stays within 10% of stage 1's MSE target, and the KL threshold below which leaving a
+# channel at the prior mean costs no visible quality but saves most of the latent bits.
+DEFAULT_BIN_WIDTH = 1.5           # in prior standard deviations
+ACTIVE_KL = 0.05                  # nats per latent element: below, a channel stays at the prior mean
+PARAM_GRID = 2.0 ** -20
+SYMBOL_RANGE = 2 ** 12            # offsets beyond +-this many bins are clipped (closed loop: exact)
+BATCH = 100                       # images per top-down pass, the same on both sides
+PIXEL_CHUNK = 2048                # pixels per probability table computed at once (memory)
+HALF_BIN = 1.0 / 255.0
+EDGES = (np.arange(255, dtype=np.float64) - 127.5) / 127.5 + HALF_BIN      # bin v ends at EDGES[v]
+
+
+def on_grid(t):
+    return torch.round(t / PARAM_GRID) * PARAM_GRID
+
+
+def chain_stages(model):
+    """The stages a code is made of: a complete chain's, or a plain VDVAE as its one stage."""
+    if hasattr(model, 'stages'):
+        if not model.complete:
+            raise ConfigError('the codec needs a chain that ends with the likelihood stage; this '
+                              f'model ends at stage {model.trained_stage} of {model.n_stages}')
+        return model.stages
+    if hasattr(getattr(getattr(model, 'decoder', None), 'out_net', None), 'nll'):
+        return [model]                     # a VDVAE: its decoder ends in the likelihood
+    raise ConfigError(f'the codec takes a chain (--model multi_stage / two_stage) or a VDVAE, '
+                      f'not {type(model).__name__}')
+
+
+def bits_of(p):
+    """-log2 p, summed; at most 24 bits a symbol, as the coder gives every symbol at least 2^-24
+    of its probability (constriction's default precision)."""
+    return float(-np.log2(np.maximum(p, 2.0 ** -24)).sum())
+
+
+def gaussian_bits(k, std):
+    """-log2 of the probability of offsets k under N(0, std) discretised to unit bins."""
+    return bits_of(ndtr((k + 0.5) / std) - ndtr((k - 0.5) / std))
+
+
+class ProgressiveCodec:
+    """`encode(images) -> (chunks, info)`, `decode(chunks, n) -> {'x_hats', 'images'}`."""
+
+    def __init__(self, model, bin_width=DEFAULT_BIN_WIDTH, active_kl=ACTIVE_KL):
+        if not bin_width > 0:
+            raise ConfigError(f'the bin width must be positive, got {bin_width}')
+        self.model = copy.deepcopy(model).double().eval()
+        self.stages = chain_stages(self.model)
+        self.H = self.stages[-1].H
+        self.preprocess = make_preprocess(self.H.dataset)
+        norm = self.preprocess.normalisation
+        if norm.low_bit or norm.unit_range:
+            raise ConfigError(f'the codec codes 8-bit images on upstream\'s [-1, 1] scale; '
+                              f'{self.H.dataset} is trained on another (5-bit or unit range)')
+        self.bin_width, self.active_kl, self.batch = float(bin_width), float(active_kl), BATCH
+        self.n_chunks = len(self.stages)
+        self.image_shape = (self.H.image_size, self.H.image_size, self.H.image_channels)
+        self.mixtures = self.H.num_mixtures
+
+    # -- the top-down pass both sides share ------------------------------------------------------
+
+    def run_stage(self, stage, n, x_prev, latent):
+        """px_z of one stage for n images; each block's z_hat = latent(block, state, m, logsd)."""
+        dec = stage.decoder
+        cond = stage.cond_encoder(x_prev) if x_prev is not None else None
+        xs = dec._empty_guard(dec._initial_states(n), n)
+        for block in dec.dec_blocks:
+            width = block.resnet.c1.in_channels
+            like = next(iter(xs.values())).new_zeros((n, width, block.base, block.base))
+            x = block._state(xs, n, like)
+            pm, pv, x_next = block._prior(x, cond)
+            z = latent(block, x, on_grid(pm), on_grid(pv))
+            xs = block._update(xs, x_next, z)
+        return dec.final_fn(xs[self.H.image_size])
+
+    def active_channels(self, stage, acts, x_prev):
+        """Per decoder block, which latent channels carry information about this batch: mean
+        KL(q || p) per element above ACTIVE_KL nats in a posterior pass. The others (VDVAE leaves
+        many unused: there q = p) are set to the prior mean and cost nothing; coding them would
+        cost about log2(sigma_p / bin) bits each and say nothing."""
+        cond = stage.cond_encoder(x_prev) if x_prev is not None else None
+        _, stats = stage.decoder(acts, cond=cond)
+        return [(st['kl'].mean(dim=(0, 2, 3)) > self.active_kl).numpy() for st in stats]
+
+    def bins(self, logsd):
+        """Each latent's bin: bin_width of its prior's std wide."""
+        return self.bin_width * torch.exp(logsd)
+
+    def stds(self, logsd):
+        """The prior's std in bins, as the coder's model takes it."""
+        return np.full(logsd.numel(), 1.0 / self.bin_width)
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, images):
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if images.ndim != 4 or images.shape[1:] != self.image_shape:
+            raise ConfigError(f'the model codes images of shape {self.image_shape} (H, W, C), got '
+                              f'{images.shape[1:]}')
+        coders = [constriction.stream.queue.RangeEncoder() for _ in self.stages]
+        latent_bits = [0.0] * self.n_chunks
+        pixel_bits, x_hats = 0.0, [[] for _ in self.stages[:-1]]
+        for start in range(0, len(images), self.batch):
+            batch = images[start:start + self.batch]
+            x_in, _ = self.preprocess(torch.from_numpy(batch))
+            x_in, x_prev, n = x_in.double(), None, len(batch)
+            for s, stage in enumerate(self.stages):
+                acts = stage.encoder(x_in if x_prev is None else
+                                     torch.cat([x_in, x_prev.to(x_in.dtype)], dim=-1))
+                masks = iter(self.active_channels(stage, acts, x_prev))
+                bits = []
+
+                def latent(block, x, pm, pv, acts=acts, coder=coders[s], bits=bits, masks=masks):
+                    active = next(masks)
+                    coder.encode(active.astype(np.int32), self.bit)
+                    bits.append(float(active.size))
+                    qm = block.enc(torch.cat([x, acts[block.base]], dim=1)).chunk(2, dim=1)[0]
+                    width = self.bins(pv)
+                    k = torch.clamp(torch.round((qm - pm) / width), -SYMBOL_RANGE, SYMBOL_RANGE)
+                    k[:, torch.from_numpy(~active)] = 0
+                    symbols = k[:, torch.from_numpy(active)].numpy().ravel().astype(np.int32)
+                    std = self.stds(pv[:, torch.from_numpy(active)])
+                    coder.encode(symbols, self.gaussian, np.zeros_like(std), std)
+                    bits.append(gaussian_bits(symbols, std))
+                    return pm + width * k
+
+                px_z = self.run_stage(stage, n, x_prev, latent)
+                latent_bits[s] += sum(bits)
+                if s < self.n_chunks - 1:
+                    x_prev = stage.decoder.out_net(px_z)
+                    x_hats[s].append(picture(x_prev))
+                else:
+                    pixel_bits += self.code_pixels(stage, px_z, coders[s], batch)
+        chunks = [c.get_compressed().tobytes() for c in coders]
+        ideal = list(latent_bits)
+        ideal[-1] += pixel_bits
+        return chunks, dict(ideal_bits=ideal, latent_bits=latent_bits, pixel_bits=pixel_bits,
+                            x_hats=[np.concatenate(x) for x in x_hats])
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, chunks, n):
+        """The pictures of the decoded stages' x_hat, and the images once every chunk is given."""
+        if not 1 <= len(chunks) <= self.n_chunks:
+            raise ConfigError(f'give 1 to {self.n_chunks} chunks, got {len(chunks)}')
+        coders = [constriction.stream.queue.RangeDecoder(np.frombuffer(c, dtype=np.uint32).copy())
+                  for c in chunks]
+        images, x_hats = [], [[] for _ in range(min(len(chunks), self.n_chunks - 1))]
+        for start in range(0, n, self.batch):
+            m, x_prev = min(self.batch, n - start), None
+            for s, coder in enumerate(coders):
+                stage = self.stages[s]
+
+                def latent(block, x, pm, pv, coder=coder):
+                    active = torch.from_numpy(
+                        coder.decode(self.bit, block.zdim).astype(bool))
+                    std = self.stds(pv[:, active])
+                    k = torch.zeros_like(pm)
+                    k[:, active] = torch.from_numpy(coder.decode(
+                        self.gaussian, np.zeros_like(std), std).astype(np.float64)).reshape(
+                            k[:, active].shape)
+                    return pm + self.bins(pv) * k
+
+                px_z = self.run_stage(stage, m, x_prev, latent)
+                if s < self.n_chunks - 1:
+                    x_prev = stage.decoder.out_net(px_z)
+                    x_hats[s].append(picture(x_prev))
+                else:
+                    images.append(self.code_pixels(stage, px_z, coder, None, m))
+        return dict(x_hats=[np.concatenate(x) for x in x_hats],
+                    images=np.concatenate(images) if images else None)
+
+    # -- pixels -----------------------------------------------------------------------------------
+
+    @property
+    def bit(self):
+        return constriction.stream.model.Uniform(2)
+
+    @property
+    def gaussian(self):
+        return constriction.stream.model.QuantizedGaussian(-SYMBOL_RANGE, SYMBOL_RANGE)
+
+    def mixture_params(self, stage, px_z):
+        """(logits (P, M), means, inverse scales (P, C, M), coefficients (P, 3, M) or None) of
+        every pixel, from the grid-rounded mixture parameters, float64 NumPy."""
+        l = on_grid(stage.decoder.out_net(px_z)).numpy()
+        c, m = self.H.image_channels, self.mixtures
+        l = l.reshape(-1, l.shape[-1])
+        logits = l[:, :m]
+        rest = l[:, m:].reshape(len(l), c, -1)
+        means, log_scales = rest[..., :m], np.maximum(rest[..., m:2 * m], -7.0)
+        coeffs = np.tanh(rest[..., 2 * m:3 * m]) if c == 3 else None
+        return logits, means, np.exp(-log_scales), coeffs
+
+    def code_pixels(self, stage, px_z, coder, images=None, n=None):
+        """Encode `images` (uint8 NHWC) with `coder`, returning their ideal bits; or, without
+        images, decode n images and return them."""
+        logits, means, inv_scales, coeffs = self.mixture_params(stage, px_z)
+        c = self.H.image_channels
+        values = (images.reshape(-1, c) if images is not None else
+                  np.zeros((len(logits), c), dtype=np.int32))
+        category = constriction.stream.model.Categorical(perfect=False)
+        bits = 0.0
+        for start in range(0, len(logits), PIXEL_CHUNK):
+            sl = slice(start, start + PIXEL_CHUNK)
+            # log weights of the components given the channels decoded so far
+            log_w = logits[sl] - logits[sl].max(axis=1, keepdims=True)
+            x = np.zeros((log_w.shape[0], c))
+            for ch in range(c):
+                mu = means[sl, ch]
+                if ch > 0:
+                    mu = mu + coeffs[sl, ch - 1 if ch == 1 else 1] * x[:, :1]
+                if ch == 2:
+                    mu = mu + coeffs[sl, 2] * x[:, 1:2]
+                cdf = 1.0 / (1.0 + np.exp(-(EDGES[None, None, :] - mu[..., None])
+                                          * inv_scales[sl, ch][..., None]))          # (P, M, 255)
+                ones = np.ones(cdf.shape[:2] + (1,))
+                pmf_k = np.diff(np.concatenate([0 * ones, cdf, ones], axis=-1), axis=-1)
+                w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
+                w /= w.sum(axis=1, keepdims=True)
+                pmf = np.einsum('pm,pmv->pv', w, pmf_k)
+                pmf /= pmf.sum(axis=1, keepdims=True)
+                if images is not None:
+                    v = values[sl, ch].astype(np.int32)
+                    coder.encode(v, category, pmf)
+                    bits += bits_of(pmf[np.arange(len(v)), v])
+                else:
+                    v = coder.decode(category, pmf).astype(np.int32)
+                    values[sl, ch] = v
+                rows = np.arange(len(v))
+                log_w = log_w + np.log(np.maximum(pmf_k[rows, :, v], 1e-300))
+                x[:, ch] = (v - 127.5) / 127.5
+        if images is not None:
+            return bits
+        return values.reshape(n, *self.image_shape).astype(np.uint8)
