@@ -2,14 +2,14 @@
 bitstream chunk per stage, entropy-coded with constriction's range coder.
 
 Latents. Stage by stage, top-down through each decoder block, in closed loop: the encoder feeds
-forward the quantised latent z_hat = m + b sigma k, exactly as the decoder will, where m and sigma are
-the prior's mean and std given the z_hat's before (and, for stage k > 1, x_hat_{k-1}), b the bin
-width in prior stds, and k = round((mu_q - m) / (b sigma)) the posterior mean's offset in bins.
+forward the quantised latent z_hat = m + b sigma k, exactly as the decoder will, where m and sigma
+are the prior's mean and std given the z_hat's before (and, for stage k > 1, x_hat_{k-1}), b the
+bin width in prior stds, and k = round((mu_q - m) / (b sigma)) the posterior mean's offset in bins.
 k is coded under the prior's Gaussian discretised to those bins (std 1 / b around 0), so a chunk
 costs about -log2 p(z_hat) and the picture decoded from a prefix is the one the encoder computed.
 Latent channels that carry nothing about the batch (mean KL below `active_kl`) stay at the prior
-mean; which ones is sent first (a bit per channel per block). This is not bits-back coding: the
-gap to the -ELBO is the price of quantising the latents.
+mean; which ones is sent first (a bit per channel per block). This is not bits-back coding: the gap
+to the -ELBO is the price of quantising the latents.
 
 Pixels. After the last stage's latents, each 8-bit pixel is coded under the mixture of logistics
 given everything decoded: R under its marginal, G and B under the mixture reweighted by the
@@ -40,7 +40,7 @@ from ..mean_head import picture
 # x_hat_1 stays within 10% of stage 1's MSE target, and the KL threshold below which leaving a
 # channel at the prior mean costs no visible quality but saves most of the latent bits.
 DEFAULT_BIN_WIDTH = 1.5           # in prior standard deviations
-ACTIVE_KL = 0.05                  # nats per latent element: below, a channel stays at the prior mean
+ACTIVE_KL = 0.05                  # nats a latent element; below, a channel stays at its prior mean
 PARAM_GRID = 2.0 ** -20
 SYMBOL_RANGE = 2 ** 12            # offsets beyond +-this many bins are clipped (closed loop: exact)
 BATCH = 100                       # images per top-down pass, the same on both sides
