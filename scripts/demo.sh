@@ -6,7 +6,8 @@
 #   default: one seed, 700 steps per model, lambda family 0.1024, 0.0512, 0.0128 (about 9
 #            minutes on 2 cores)
 #   --full:  three seeds for Tables 1 and 2, 1,200 steps per model (2,000 for the probe and the
-#            gamma-optimal decoder), a five-point family
+#            gamma-optimal decoder), a five-point family, then the progressive codec
+#            (progcode_ext/experiments/codec.py: DIR/codec/report.md)
 #            (about 50 minutes on 2 cores)
 #   --quick: a one-minute smoke test of the pipeline (proves nothing, and says so)
 set -euo pipefail

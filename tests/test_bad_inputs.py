@@ -4,9 +4,12 @@ import os
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
+from progcode_ext.codec import __main__ as codec_main
+from progcode_ext.codec import container as codec_container
 from progcode_ext.experiments import lpips_vs_mse, profile, rd_curve, stages, table1, table2
 from progcode_ext.upstream import __main__ as upstream_main
 from progcode_ext.upstream import checkout
@@ -68,6 +71,39 @@ def world(tmp_path_factory):
     state.write_bytes(state.read_bytes()[:100])
     files['damaged'] = runs / 'damaged'
     files.update(root=root, runs=runs)
+    files.update(codec_files(root, runs))
+    return files
+
+
+def codec_files(root, runs):
+    """A two-stage chain, a file it compressed, that file damaged in each way, and images of the
+    right and the wrong shape."""
+    from progcode_ext.codec.files import FileCodec
+    from progcode_ext.codec.model import load_model
+    assert train.main(['--hps', 'mnist16_stage2', *TINY_FLAGS, *TRAIN, '--save_dir', str(runs),
+                       '--desc', 'stage2', '--stage1_path', str(runs / 'stage1')]) == 0
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 1), dtype=np.uint8)
+    data, info = FileCodec(load_model(runs / 'stage2')[1]).compress(images)
+    end1 = info['header_bytes'] + info['chunk_bytes'][0]           # the end of chunk 1
+    files = {name: root / f'{name}.pgc' for name in (
+        'pgc', 'pgc_corrupt', 'pgc_mid_chunk', 'pgc_header_only', 'pgc_trailing', 'pgc_version')}
+    files['pgc'].write_bytes(data)
+    corrupt = bytearray(data)
+    corrupt[end1 + 20] ^= 0xFF                                      # inside chunk 2
+    files['pgc_corrupt'].write_bytes(bytes(corrupt))
+    files['pgc_mid_chunk'].write_bytes(data[:end1 + 20])
+    files['pgc_header_only'].write_bytes(data[:info['header_bytes']])
+    files['pgc_trailing'].write_bytes(data + b'more')
+    at = len(codec_container.MAGIC)
+    files['pgc_version'].write_bytes(data[:at] + bytes([codec_container.VERSION + 1])
+                                     + data[at + 1:])
+    files.update(stage2=runs / 'stage2', npy=root / 'images.npy', npy_8=root / 'wrong-shape.npy',
+                 npy_float=root / 'floats.npy', png_rgb=root / 'rgb.png')
+    np.save(files['npy'], images)
+    np.save(files['npy_8'], images[:, :8, :8])
+    np.save(files['npy_float'], images.astype(np.float32))
+    import imageio.v3 as iio
+    iio.imwrite(files['png_rgb'], np.zeros((16, 16, 3), np.uint8))
     return files
 
 
@@ -349,6 +385,55 @@ def test_experiments_check_inputs_before_training(case, world, capsys):
 
 
 # ------------------------------------------------------------------------------------------------
+# python -m progcode_ext.codec compress | decompress
+
+def decompress_argv(file, *args):
+    return ['decompress', file, '--run', '{stage2}', '-o', '{root}/decoded', *args]
+
+
+def compress_argv(*images, out='{root}/new.pgc', run='{stage2}'):
+    return ['compress', '--run', run, *images, '-o', out]
+
+
+CODEC_CASES = [
+    ('file of another model', decompress_argv('{pgc}', '--checkpoint',
+                                              '{stage2}/latest-model.th'), 'another model'),
+    ('file of another architecture', decompress_argv('{pgc}', '--run', '{run}'), 'another model'),
+    ('corrupted chunk', decompress_argv('{pgc_corrupt}'), 'chunk 2 is corrupted'),
+    ('truncated mid-chunk', decompress_argv('{pgc_mid_chunk}'), 'chunk 2 is truncated'),
+    ('header only', decompress_argv('{pgc_header_only}'), 'no chunk'),
+    ('bytes after the last chunk', decompress_argv('{pgc_trailing}'), 'after its last chunk'),
+    ('wrong magic', decompress_argv('{text}'), 'not a progcode compressed file'),
+    ('another format version', decompress_argv('{pgc_version}'), 'format version'),
+    ('missing file', decompress_argv('{root}/missing.pgc'), 'missing.pgc'),
+    ('file is a folder', decompress_argv('{folder}'), 'a folder'),
+    ('stages beyond the file', decompress_argv('{pgc}', '--stages', '3'), '--stages 3'),
+    ('stages beyond a cut file', decompress_argv('{pgc_mid_chunk}', '--stages', '2'),
+     'truncated'),
+    ('stages 0', decompress_argv('{pgc}', '--stages', '0'), '--stages'),
+    ('out is a file', decompress_argv('{pgc}', '-o', '{text}'), 'notes.txt'),
+    ('run missing', decompress_argv('{pgc}', '--run', '{root}/no-run'), 'no-run'),
+    ('run without hparams', decompress_argv('{pgc}', '--run', '{folder}'), 'hparams.json'),
+    ('checkpoint of another architecture', decompress_argv('{pgc}', '--checkpoint', '{other}'),
+     'other-arch.th'),
+    ('image of the wrong shape', compress_argv('{npy_8}'), 'wrong-shape.npy'),
+    ('image with the wrong channels', compress_argv('{npy}', '{png_rgb}'), 'rgb.png'),
+    ('image not uint8', compress_argv('{npy_float}'), 'floats.npy'),
+    ('image missing', compress_argv('{root}/missing.png'), 'missing.png'),
+    ('image not an image', compress_argv('{text}'), 'notes.txt'),
+    ('compress out is a folder', compress_argv('{npy}', out='{folder}'), 'a folder'),
+    ('compress run missing', compress_argv('{npy}', run='{root}/no-run'), 'no-run'),
+    ('no command', [], 'command'),
+]
+
+
+@pytest.mark.parametrize('case', CODEC_CASES, ids=[c[0] for c in CODEC_CASES])
+def test_codec_command(case, world, capsys):
+    _, args, name = case
+    fails_cleanly(codec_main.main, fill(args, world), world, capsys, name)
+
+
+# ------------------------------------------------------------------------------------------------
 # The plug-in mode
 
 PLUGIN_CASES = [
@@ -403,5 +488,6 @@ def test_api_restore_params_names_a_folder(world):
 def test_every_surface_has_many_cases():
     counts = dict(train=len(TRAIN_CASES) + len(RUN_CASES) + 1,
                   sample_summary=len(SAMPLE_CASES) + len(SUMMARY_CASES),
-                  experiments=len(EXPERIMENT_CASES), plugin=len(PLUGIN_CASES), api=3 + 5 + 1)
-    assert sum(counts.values()) >= 85
+                  experiments=len(EXPERIMENT_CASES), plugin=len(PLUGIN_CASES), api=3 + 5 + 1,
+                  codec=len(CODEC_CASES))
+    assert sum(counts.values()) >= 85 and counts['codec'] >= 20

@@ -121,3 +121,11 @@ def test_pixel_bits_are_the_mixtures_own_likelihood(chain, channels):
     assert bits == pytest.approx(nats / math.log(2), rel=1e-6)
     decoder = constriction.stream.queue.RangeDecoder(coder.get_compressed())
     assert np.array_equal(codec.code_pixels(stage, None, decoder, None, n), x)
+
+
+def test_a_file_made_with_another_bin_width_decodes_with_it(chain):
+    from progcode_ext.codec.files import FileCodec
+    x = images()
+    data, _ = FileCodec(chain, bin_width=0.7, active_kl=0.0).compress(x)
+    out = FileCodec(chain).decompress(data)
+    assert out['header']['bin_width'] == 0.7 and np.array_equal(out['images'], x)

@@ -8,7 +8,8 @@ model, and writes DIR/report.md: each claim of the paper with a verdict by the s
 verdicts.py, and the numbers. Modes (wall times on 2 CPU cores: README):
 * default: one seed, STEPS_DEFAULT steps per model, a three-point family;
 * --full: three seeds for Tables 1 and 2 (the first for the family), 1,200 steps per model
-  (2,000 for the D_K probe and the gamma-optimal decoder), a five-point family;
+  (2,000 for the D_K probe and the gamma-optimal decoder), a five-point family; then the
+  progressive codec on Table 2's headline chain and Table 1's VDVAE (codec.py: no extra runs);
 * --quick: a smoke test of the whole pipeline (30 steps; about 1 minute); it proves nothing and
   says so.
 Independent models train side by side (`--jobs`, default: one per core, at most 8). The perceptual
@@ -22,7 +23,7 @@ import time
 import numpy as np
 
 from . import convergence as cv
-from . import lpips_vs_mse, rd_curve, table1, table2
+from . import codec, lpips_vs_mse, rd_curve, table1, table2
 from .cli import check_inputs, number, run_main
 from .machine import machine
 from .report import mean_std
@@ -35,12 +36,13 @@ RUN_FLAGS = '--epochs_per_eval 1000000 --iters_per_images 100000000 --iters_per_
 STEPS_DEFAULT = 700
 SCALES = {
     'quick': dict(seeds=[0], steps=30, probe_steps=30, targets='0.1024,0.0064', n_eval=100,
-                  n_images=32, n_samples=100),
+                  n_images=32, n_samples=100, codec=False),
     'default': dict(seeds=[0], steps=STEPS_DEFAULT, probe_steps=STEPS_DEFAULT,
-                    targets='0.1024,0.0512,0.0128', n_eval=0, n_images=256, n_samples=1000),
+                    targets='0.1024,0.0512,0.0128', n_eval=0, n_images=256, n_samples=1000,
+                    codec=False),
     'full': dict(seeds=[0, 1, 2], steps=1200, probe_steps=2000,
                  targets='0.1024,0.0512,0.0256,0.0128,0.0064', n_eval=0, n_images=256,
-                 n_samples=2000),
+                 n_samples=2000, codec=True),    # then the progressive codec (codec.py)
 }
 
 
@@ -86,6 +88,8 @@ def run(argv):
     results = dict(table1=table1.report(cfg), rd_curve=rd_curve.report(cfg),
                    lpips_vs_mse=lpips_vs_mse.report(cfg),
                    table2=table2.report(cfg, headline, rule))
+    if cfg.codec:               # Table 2's headline chain and Table 1's VDVAE: trained above
+        results['codec'] = codec.report(cfg, headline)
     minutes = (time.time() - start) / 60
     lines = report_lines(cfg, results, minutes, (trained - start) / 60)
     with open(os.path.join(cfg.out, 'report.md'), 'w') as f:
@@ -172,8 +176,26 @@ def report_lines(cfg, results, minutes, train_minutes):
               'in the features of a small classifier trained on these digits; they are not '
               'comparable with published numbers).', '',
               'Details: [table1](table1/report.md), [rd_curve](rd_curve/report.md), '
-              '[lpips_vs_mse](lpips_vs_mse/report.md), [table2](table2/report.md).']
+              '[lpips_vs_mse](lpips_vs_mse/report.md), [table2](table2/report.md)'
+              + (', [codec](codec/report.md).' if 'codec' in results else '.')]
+    if 'codec' in results:
+        lines[-1:-1] = codec_lines(results['codec']) + ['']
     return lines
+
+
+def codec_lines(result):
+    """The progressive codec's headline numbers (details: codec/report.md)."""
+    chain, vdvae = result['models']['chain'], result['models']['vdvae']
+    stairs = ', '.join(f"{s['bits_per_dim']:.3f} bits/dim -> MSE {s['mse']:.4f}"
+                       for s in chain['steps'])
+    return [f"The progressive codec (Table 2's chain at lambda {result['target']:g}, "
+            f"{result['n_images']} validation images in one file): bit-exact "
+            f"{'yes' if chain['exact'] and chain['prefix_exact'] else '**no**'}; lossless "
+            f"{chain['bits_per_dim']:.3f} bits/dim (-ELBO {chain['elbo_bits_per_dim']:.3f}; "
+            f"the VDVAE's file {vdvae['bits_per_dim']:.3f}; PNG "
+            f"{result['lossless']['PNG']['bits_per_dim']:.3f}, lossless WebP "
+            f"{result['lossless']['WebP lossless']['bits_per_dim']:.3f}); overhead over the "
+            f"model's -log2 P {chain['overhead']:+.2%}; staircase: {stairs}."]
 
 
 def main(argv=None):
