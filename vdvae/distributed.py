@@ -104,6 +104,14 @@ def broadcast_from_main(obj):
     return box[0]
 
 
+def leave_together():
+    """A barrier at the end of a run, before any rank tears its process group down: a rank whose
+    peer destroys the group while it still finishes its last exchange can abort at exit (SIGABRT,
+    "terminate called without an active exception"; seen under torchrun with gloo)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def cleanup():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -38,8 +38,8 @@ from vdvae.checkpoint import (check_can_write, load_file, recover_checkpoint_set
 from vdvae.contract import training_loss, with_distortion_name
 from vdvae.data import DataError, set_up_data
 from vdvae.distributed import (all_reduce_mean, broadcast_from_main, cleanup, exit_at_once,
-                               is_collective_failure, lost_rank_error, match_gradient_layout,
-                               rank_processes, setup_distributed)
+                               is_collective_failure, leave_together, lost_rank_error,
+                               match_gradient_layout, rank_processes, setup_distributed)
 from vdvae.errors import ConfigError, UserError
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams, read_hparams
@@ -240,7 +240,9 @@ def train(H):
         run.logprint(type='test_loss', **stats)
         return 0
     with stop_on_signals() as stop:
-        return train_loop(H, run, state, stop)
+        status = train_loop(H, run, state, stop)
+    leave_together()
+    return status
 
 
 # What a run works on (`Run`), and the training state that a checkpoint saves (`TrainState`).
