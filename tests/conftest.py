@@ -44,6 +44,19 @@ def _random_draws_on_cpu(monkeypatch):
                         on_cpu(vae_helpers.sample_from_discretized_mix_logistic))
 
 
+@pytest.fixture(scope='module')
+def one_blas_thread():
+    """One BLAS thread for a module's tests, as above for torch: scipy's sqrtm with OpenBLAS
+    spin-waits and runs up to 100x slower on shared cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api='blas'):
+        yield
+
+
 @pytest.fixture(scope='session')
 def reference_dir():
     """The folder of upstream's recorded outputs (tests/reference)."""

@@ -24,17 +24,7 @@ from vdvae.evaluation import evaluate
 
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_blas_thread():
-    """As conftest.py does for torch: one BLAS thread (scipy's sqrtm with OpenBLAS spin-waits
-    runs up to 100x slower on shared cores)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api='blas'):
-        yield
+pytestmark = pytest.mark.usefixtures('one_blas_thread')
 
 
 # ------------------------------------------------------------------------------------------------

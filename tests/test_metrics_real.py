@@ -42,16 +42,7 @@ from progcode_ext.metrics._common import sha256_prefix                 # noqa: E
 from progcode_ext.metrics.frechet import frechet_distance              # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_blas_thread():
-    """One BLAS thread, as in test_metrics.py (scipy's sqrtm spin-waits on shared cores)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api='blas'):
-        yield
+pytestmark = pytest.mark.usefixtures('one_blas_thread')
 
 
 @pytest.fixture
