@@ -23,8 +23,12 @@ Two trainings of the same networks:
   `--stage_paths` (their runs, in order; `--stage1_path` is the one-run spelling); K < N is
   lambda_K-optimal, K = N minimises its own part of the -ELBO (-log p_N + R_N).
 * conventional: one run, all N stages jointly by the joint -ELBO; gradients flow through every
-  x_hat, so the mean heads are free bottlenecks. Stage 1 starts fresh (the paper's baseline) or,
-  with `--stage1_init`, from a lambda-optimal stage-1 run (a diagnostic, not the baseline).
+  x_hat, so the mean heads are free bottlenecks. Stage 1 starts fresh (the paper's baseline).
+Table 2's controls change only where either training starts or how it is scheduled: `--init_from`
+starts the trained stages from another run (a lambda-optimal stage 1, or a whole trained chain:
+continuing a progressive chain by either objective), and `--stage1_rate_warmup N` lets stage 1's
+rate into the conventional loss gradually, weighed t / N over the first N updates (then the joint
+-ELBO exactly), so that stage 1 can take information before it is charged for it.
 
 Every stage offers the same two calls, `posterior(x, x_prev)` and `decode(n, x_prev, t)` (stage 1
 ignores x_prev), so the chain below never asks what kind a stage is. x_hat_k is handed on
@@ -93,11 +97,10 @@ def check_chain_flags(H):
     if H.get('stage_paths') and H.get('stage1_path'):
         raise ConfigError('--stage1_path and --stage_paths both name frozen stages: give the runs '
                           'of every frozen stage, in order, with --stage_paths alone')
-    if H.get('stage1_init') and not (H.get('model') in ('two_stage', 'multi_stage')
-                                     and H.get('training') == 'conventional'):
-        raise ConfigError('--stage1_init starts the stage 1 of a conventionally trained chain '
-                          '(--model two_stage --training conventional); for progressive stage 2 '
-                          'name the frozen stage 1 with --stage1_path')
+    if H.get('stage1_rate_warmup') and not (H.get('model') in ('two_stage', 'multi_stage')
+                                            and H.get('training') == 'conventional'):
+        raise ConfigError('--stage1_rate_warmup schedules the joint -ELBO of a conventionally '
+                          'trained chain (--model two_stage --training conventional); drop it')
     if H.get('model') not in ('two_stage', 'multi_stage'):
         return
     paths = frozen_paths(H)
@@ -160,10 +163,10 @@ class MultiStageHVAE(Model):
         self.distortion_kind = 'nll' if self.complete else 'mse'
         if paths:
             self.load_frozen_stages(paths)
-        elif H.get('stage1_init'):
-            # Not the paper's baseline: conventional training started where a lambda-optimal
-            # stage 1 ended, to ask whether the unused stage 1 of the baseline is a local optimum.
-            self.load_stage(1, run_file(H.stage1_init))
+        if H.get('init_from'):
+            self.start_from(run_file(H.init_from))
+        if H.get('stage1_rate_warmup'):
+            self.register_buffer('updates', torch.zeros((), dtype=torch.long))
 
     @property
     def complete(self):
@@ -190,19 +193,38 @@ class MultiStageHVAE(Model):
         getattr(self, f'stage{k}').load_state_dict(weights)
         return whole
 
+    def start_from(self, path):
+        """Start the stages this run trains from a run's checkpoint: every one that it holds (a
+        lambda-optimal stage-1 run holds stage 1; a chain's run, its stages)."""
+        sd = load_state_dict_file(path)
+        held = [k for k in range(1, self.trained_stage + 1) if not self.frozen(k)
+                and (any(key.startswith(f'stage{k}.') for key in sd)
+                     or (k == 1 and not any(key.startswith('stage') for key in sd)))]
+        if not held:
+            raise CheckpointError(f'--init_from {path!r} holds none of the stages this run trains '
+                                  f'(stages {self.trained_stage if self.progressive else 1}..'
+                                  f'{self.trained_stage}); name a run of this chain')
+        for k in held:
+            self.load_stage(k, path)
+            self.check_same_frozen(k, sd, path)
+
+    def check_same_frozen(self, k, whole, path):
+        """The run `path` that holds stage k was trained on the frozen stages this model holds."""
+        for j in range(1, k):
+            if not self.frozen(j):
+                continue
+            earlier = getattr(self, f'stage{j}').state_dict()
+            saved = {key: whole.get(f'stage{j}.{key}') for key in earlier}
+            if any(v is None or not torch.equal(v, earlier[key]) for key, v in saved.items()):
+                raise ConfigError(f'the run of stage {k} ({path}) was trained on another stage {j} '
+                                  'than the frozen one given; name the runs of one chain')
+
     def load_frozen_stages(self, paths):
         """Stages 1..K-1 from their runs, checked against each other and, where
         `--distortion_targets` names them, against the targets; then frozen."""
         targets = self.H.get('distortion_targets')
         for k, path in enumerate(map(run_file, paths), 1):
-            whole = self.load_stage(k, path)
-            for j in range(1, k):
-                earlier = getattr(self, f'stage{j}').state_dict()
-                saved = {key: whole.get(f'stage{j}.{key}') for key in earlier}
-                if any(v is None or not torch.equal(v, earlier[key]) for key, v in saved.items()):
-                    raise ConfigError(f'--stage_paths: the run of stage {k} ({path}) was trained '
-                                      f'on another stage {j} than {paths[j - 1]}; name the runs '
-                                      'of one chain')
+            self.check_same_frozen(k, self.load_stage(k, path), path)
             stage = getattr(self, f'stage{k}')
             trained_for = stage.objective.multiplier.target
             if targets and not math.isclose(trained_for, targets[k - 1], rel_tol=1e-6):
@@ -256,10 +278,16 @@ class MultiStageHVAE(Model):
         nll = stage.decoder.out_net.nll(last['px_z'], x_target)
         elbo = sum((terms['rate'] for terms in chain), nll).mean()     # nll + R_1 + ... + R_N
         loss = (nll + last['rate']).mean() if self.progressive else elbo
+        if hasattr(self, 'updates') and self.training:
+            # the warm-up's weight on R_1 (the -ELBO above stays what it is: the model's score)
+            weight = min(1.0, int(self.updates) / self.H.stage1_rate_warmup)
+            loss = loss - (1 - weight) * chain[0]['rate'].mean()
         return dict(loss=loss, elbo=elbo, distortion=nll.mean(), nll=nll.mean(), rate=rate.mean(),
                     **stats)
 
     def after_update(self, stats):
+        if hasattr(self, 'updates'):
+            self.updates += 1
         if self.progressive and not self.complete:
             self.stages[-1].objective.lagrangian_step(stats)
 

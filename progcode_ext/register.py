@@ -32,9 +32,13 @@ def add_progcode_arguments(parser):
     a('--stage1_path', type=str, default=None,
       help=_d('two_stage, multi_stage (progressive): the stage-1 run folder or checkpoint, '
               'frozen (the one-run spelling of --stage_paths)'))
-    a('--stage1_init', type=str, default=None,
-      help=_d('conventional two-stage: start stage 1 from this lambda-optimal stage-1 run '
-              '(folder or checkpoint) instead of fresh; not the paper\'s baseline'))
+    a('--init_from', type=str, default=None,
+      help=_d('two_stage, multi_stage: start the stages this run trains from a trained run '
+              '(folder or checkpoint): a lambda-optimal stage 1, or a whole chain to continue; '
+              'none: fresh'))
+    a('--stage1_rate_warmup', type=int, default=0,
+      help=_d('conventional two_stage, multi_stage: weigh stage 1\'s rate in the loss by t / N '
+              'over the first N updates, then the joint -ELBO exactly; 0: the ELBO throughout'))
     a('--training', choices=('progressive', 'conventional'), default='progressive',
       help=_d('two_stage, multi_stage: earlier stages frozen (progressive) or all by the joint '
               'ELBO'))
@@ -62,7 +66,8 @@ register_flag_rules(
     eta_init=optional(('a number in (0, 1)', lambda v: isinstance(v, (int, float)) and 0 < v < 1),
                       "A.5's start"),
     distortion_target=positive(), rate_target=optional(positive(), "the trained model's R_K"),
-    progressive_res=optional(count(), 'image size / 8'), lr_decay_iters=count(0))
+    progressive_res=optional(count(), 'image size / 8'), lr_decay_iters=count(0),
+    stage1_rate_warmup=count(0))
 
 
 @register_check

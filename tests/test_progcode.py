@@ -11,6 +11,8 @@ from progcode_ext.stage1 import Stage1VAE
 from progcode_ext.stage2 import ConditionalVAE
 from vdvae import get_hparams
 from vdvae.logger import read_jsonl
+from vdvae.checkpoint import CheckpointError
+from vdvae.errors import ConfigError
 from vdvae.models import build_model
 from vdvae.vae_helpers import rate_per_example, to_uint8
 
@@ -136,7 +138,7 @@ def test_progressive_stage2_leaves_stage1_bit_identical(runs, tmp_path):
 
 def test_conventional_from_a_trained_stage1_starts_there_and_trains_it(runs):
     stage1 = torch.load(runs / 'stage1' / 'latest-model-ema.th', weights_only=True)
-    H = get_hparams('mnist5k_conventional', stage1_init=str(runs / 'stage1'), **ARCH)
+    H = get_hparams('mnist5k_conventional', init_from=str(runs / 'stage1'), **ARCH)
     model = build_model(H)
     for key, value in stage1.items():
         assert torch.equal(model.stage1.state_dict()[key], value), key
@@ -144,6 +146,53 @@ def test_conventional_from_a_trained_stage1_starts_there_and_trains_it(runs):
     fresh = build_model(get_hparams('mnist5k_conventional', **ARCH))
     assert not torch.equal(fresh.stage1.state_dict()['encoder.in_conv.weight'],
                            stage1['encoder.in_conv.weight'])
+
+
+@pytest.mark.slow
+def test_a_trained_chain_continues_by_either_objective_from_the_same_weights(runs, tmp_path):
+    """Table 2's fine-tuning control: the progressive chain's run, continued by the joint ELBO
+    (every stage trains) or by its own objective (stage 1 stays frozen), both start from it."""
+    assert run('mnist5k_stage2', tmp_path, 's2', '--num_iters', '2',
+               '--stage1_path', str(runs / 'stage1')) == 0
+    chain = torch.load(tmp_path / 's2' / 'latest-model-ema.th', weights_only=True)
+    for training, preset, extra in (
+            ('conventional', 'mnist5k_conventional', {}),
+            ('progressive', 'mnist5k_stage2', dict(stage1_path=str(runs / 'stage1')))):
+        model = build_model(get_hparams(preset, init_from=str(tmp_path / 's2'), **extra, **ARCH))
+        for key, value in model.state_dict().items():
+            if key.startswith('stage'):
+                assert torch.equal(value, chain[key]), (training, key)
+        trains_stage1 = any(p.requires_grad for p in model.stage1.parameters())
+        assert trains_stage1 == (training == 'conventional')
+    other = tmp_path / 'other-stage1'
+    assert run('mnist5k_stage1', tmp_path, 'other-stage1', '--num_iters', '2', '--seed', '3') == 0
+    with pytest.raises(ConfigError, match='trained on another stage 1'):
+        build_model(get_hparams('mnist5k_stage2', init_from=str(tmp_path / 's2'),
+                                stage1_path=str(other), **ARCH))
+    with pytest.raises(CheckpointError, match='holds none of the stages this run trains'):
+        build_model(get_hparams('mnist5k_stage2', init_from=str(runs / 'stage1'),
+                                stage1_path=str(runs / 'stage1'), **ARCH))
+
+
+def test_the_stage1_rate_warmup_weighs_r1_by_t_over_n_then_is_the_elbo():
+    torch.manual_seed(0)
+    H = get_hparams('mnist5k_conventional', stage1_rate_warmup=4, **ARCH)
+    model = build_model(H)
+    x_in, x_target = batch()
+    for t in range(6):
+        torch.manual_seed(1)
+        out = model(x_in, x_target)
+        weight = min(1.0, t / 4)
+        expected = out['elbo'] - (1 - weight) * out['rate_stage1']
+        assert out['loss'].item() == pytest.approx(expected.item(), rel=1e-6), t
+        model.after_update({})
+    assert int(model.updates) == 6 and 'updates' in model.state_dict()
+    plain = build_model(get_hparams('mnist5k_conventional', **ARCH))
+    assert 'updates' not in plain.state_dict()                # checkpoints of the baseline unchanged
+    fresh = build_model(H).eval()                             # evaluation: the loss is the -ELBO
+    torch.manual_seed(1)
+    out = fresh(x_in, x_target)
+    assert out['loss'].item() == pytest.approx(out['elbo'].item(), rel=1e-6)
 
 
 @pytest.mark.slow
@@ -279,8 +328,9 @@ def test_both_masked_decoders_start_from_the_trained_decoder_unless_fresh(runs, 
     ('mnist5k_stage1', ['--distortion_target', '0'], 'positive number'),
     ('mnist5k_stage1', ['--distortion_target', '-0.01'], 'positive number'),
     ('mnist5k_masked', [], 'pass --encoder_path'),
-    ('mnist5k_stage2', ['--stage1_init', 'X', '--stage1_path', 'X'],
-     '--stage1_init starts the stage 1 of a conventionally trained'),
+    ('mnist5k_stage2', ['--stage1_rate_warmup', '5', '--stage1_path', 'X'],
+     '--stage1_rate_warmup schedules the joint -ELBO of a conventionally trained'),
+    ('mnist5k_conventional', ['--stage1_rate_warmup', '-1'], '--stage1_rate_warmup'),
     ('mnist5k_stage1', ['--lr_decay_iters', '-5'], '--lr_decay_iters'),
     ('mnist5k_masked', ['--mode', 'gamma_optimal', '--rate_target', '-1', '--encoder_path', 'X'],
      '--rate_target must be a positive number'),

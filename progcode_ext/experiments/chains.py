@@ -40,8 +40,11 @@ def progressive(cfg, runs, flag='--stage_paths'):
 def draw_samples(model, n, batch, t=1.0):
     """What each stage puts out for n draws from the chain's prior at temperature t: a uint8 NHWC
     array per stage (x_hat_1, ..., then the sample)."""
-    parts = [model.sample_stages(min(batch, n - start), [t] * model.trained_stage)
-             for start in range(0, n, batch)]
+    def draw(m):        # a chain: every stage's output; a single VDVAE: its samples
+        if hasattr(model, 'sample_stages'):
+            return model.sample_stages(m, [t] * model.trained_stage)
+        return [model.sample(m, t=t)]
+    parts = [draw(min(batch, n - start)) for start in range(0, n, batch)]
     return [np.concatenate(outputs) for outputs in zip(*parts)]
 
 
@@ -75,7 +78,8 @@ def sample_metric(cfg, H, samples, device):
 
 
 def measure(cfg, folder, device, seed, prefix='latest', eval_seed=0):
-    """(row, model, each stage's samples) of a chain's last run (`folder`) at `prefix`: the -ELBO
+    """(row, model, each stage's samples) of a chain's last run (`folder`), or of a single VDVAE's,
+    at `prefix`: the -ELBO
     and each stage's `rate_stageK` and `mse_stageK` (exact, validation split, posterior draws of
     `eval_seed`) and the sample metric of `cfg.n_samples` draws at t = 1 with `seed` (other seeds:
     independent measurements, for the metrics' own noise)."""
@@ -84,9 +88,11 @@ def measure(cfg, folder, device, seed, prefix='latest', eval_seed=0):
     torch.manual_seed(seed)
     outputs = draw_samples(model, cfg.n_samples, cfg.sample_batch)
     metric, value = sample_metric(cfg, H, outputs[-1], device)
+    stages = {k: v for k, v in stats.items() if k.startswith(('rate_stage', 'mse_stage'))}
     row = dict(run=os.path.basename(folder), elbo=stats['elbo'],
                elbo_bits_per_dim=stats['elbo'] / math.log(2),
-               **{k: v for k, v in stats.items() if k.startswith(('rate_stage', 'mse_stage'))},
+               # a single VDVAE, as a chain whose stage 1 is unused
+               **(stages or dict(rate_stage1=0.0, rate_stage2=stats['rate'])),
                metric=metric, sample_metric=value, n_samples=len(outputs[-1]),
                parameters=sum(p.numel() for p in model.parameters()), step=stats['step'])
     return row, model, outputs

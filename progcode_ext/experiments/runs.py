@@ -2,8 +2,9 @@
 
 A run is finished when its `latest-state.th` has reached the run's step count; an unfinished one
 is resumed exactly; a finished one is reused only when it was trained with the same settings.
-Every run also keeps the checkpoint at 4/5 of its steps (`iter-N-*`), from which the convergence
-checks measure how much the model still moved over its last fifth (`convergence.py`).
+Every run also keeps a checkpoint at every tenth of its steps (`iter-N-*`): the verdicts judge
+whether a difference has settled from those of the last 2/5 (`window_steps`, verdicts.py), and
+the reports say how much each model still moved over its last fifth (`convergence.py`).
 
 `run_all(cfg, runs)` trains a plan of runs, each after the runs it depends on (e.g. the run of a
 chain's stage 2 after the run of its stage 1):
@@ -49,13 +50,15 @@ def say(*args):
 @dataclass(frozen=True)
 class Run:
     """One training run: `preset` with `flags` for `steps` steps, after the runs named in `after`.
-    `cost`: its time per step relative to a plain VDVAE's (`COST`)."""
+    `cost`: its time per step relative to a plain VDVAE's (`COST`); `ckpt_every`: the steps
+    between its kept checkpoints."""
     name: str
     preset: str
     steps: int
     flags: tuple = ()
     after: tuple = ()
     cost: float = COST['vdvae']
+    ckpt_every: int = 0           # 0: every tenth of the run (`tenth`)
 
 
 def seeded(name, seed):
@@ -67,9 +70,19 @@ def run_dir(cfg, name):
     return os.path.join(cfg.out, 'runs', name)
 
 
+def tenth(steps):
+    """The steps between a run's kept checkpoints: a tenth of the run (at least 1)."""
+    return max(1, steps // 10)
+
+
 def last_fifth_step(steps):
     """The step of the checkpoint that opens a run's last fifth."""
-    return steps - steps // 5
+    return steps - 2 * tenth(steps)
+
+
+def window_steps(steps, tenths=(6, 7, 8, 9, 10)):
+    """The steps of a run's kept checkpoints at the given tenths (10: its end)."""
+    return [steps - tenth(steps) * (10 - k) for k in tenths if steps - tenth(steps) * (10 - k) > 0]
 
 
 def run_argv(cfg, run):
@@ -80,7 +93,7 @@ def run_argv(cfg, run):
     control = (['--iters_per_save', str(run.steps)] if upstream_loop(cfg) else ['--quiet'])
     decay = ['--lr_decay_iters', str(run.steps)] if getattr(cfg, 'lr_decay', False) else []
     return ['--hps', run.preset, *shlex.split(cfg.train_flags), *decay, *run.flags,
-            '--iters_per_ckpt', str(last_fifth_step(run.steps)), '--num_epochs', '100000000',
+            '--iters_per_ckpt', str(run.ckpt_every or tenth(run.steps)), '--num_epochs', '100000000',
             '--save_dir', os.path.join(cfg.out, 'runs'), '--desc', run.name,
             '--num_iters', str(run.steps), *control]
 

@@ -1,48 +1,85 @@
-"""The statistical rule every claim of the experiments is judged by.
+"""The statistical rule every claim of the experiments is judged by, and its stated error rate.
 
 A claim compares two kinds of model (e.g. progressive and conventional) on one metric. Its
 evidence is the paired difference per seed, signed so that a positive difference is the claimed
 direction (`d_s = metric(worse-claimed) - metric(better-claimed)` for a metric where lower is
-better).
+better). Every rule is two-sided at ALPHA = 0.05: when there is no true difference, a verdict in
+either direction ("held" or "reversed") comes at most 5% of the time (2.5% each way); the tests
+simulate each rule under no difference and check it (tests/test_verdicts.py).
 
-* 3 seeds or more: a one-sided paired t-test of the differences (scipy.stats.ttest_1samp) at
-  ALPHA = 0.05. **held** when the claimed direction is significant, **did not hold** when the
-  opposite direction is, else **no detectable difference**.
-* 1 or 2 seeds: the spread between seeds is unknown, so the measurement noise of the metric
-  stands in for it (the same models scored twice, independently: `noise_sd`, the standard
-  deviation of one model's score). The claim **held on N seeds** when every seed's difference
-  exceeds 2 standard deviations of a difference of two scores in the claimed direction, **did
-  not hold on N seeds** when every one does in the opposite direction, else **no detectable
-  difference (N seeds)**. Training noise is then not measured, and the verdict says on how
-  many seeds it rests.
+* 3 seeds or more: a two-sided paired t-test of the differences (`scipy.stats.ttest_1samp`,
+  n - 1 degrees of freedom).
+* 1 or 2 seeds: one seed's difference varies by the spread between trainings and by the noise of
+  the metric. The spread is not measured by the run itself: it is the seed-to-seed standard
+  deviation of the same paired difference measured by a protocol with 3 seeds or more (`Spread`,
+  kept in `seed_spread.json` with where it came from), which already holds that protocol's metric
+  noise; this run's metric noise (`Noise`: the same models scored twice, independently) is added.
+  The mean difference is compared with t(nu) standard errors, nu the smaller of the two
+  estimates' degrees of freedom. Without a measured spread a 1-seed verdict cannot be given.
+* A measured noise pooled from P pairs of scores has P degrees of freedom; every critical value
+  is the t distribution's for the degrees of freedom actually used (`critical_value`).
 
-A verdict of either direction must also rest on a difference that has settled relative to
-itself: measured again at 4/5 of the runs (`earlier`), the difference must have had the same
-sign then, and must not have come toward zero by half of itself or more over the last fifth, else
-the verdict is **cannot tell (still moving)**. A difference that grew away from zero only strengthens the verdict it
-supports. The claims compare two trainings at an equal budget (as the paper's A.4 does), so what
-could overturn a verdict with more training is a change of the difference, and that is what is
-measured; how much each model itself still moved is reported beside it. Verdicts come only from
-models that met their constraints: a failed convergence check (a lambda- or gamma-optimal model
-off its target) makes a claim **inconclusive**, and a claim whose experiment cannot test it
-(`untestable`, with the reason) reads **not testable here: REASON**.
+Settled: a verdict in either direction must also rest on a difference that has stopped moving
+toward zero. The paired difference is measured at several checkpoints of the last part of
+training (`Trajectory`); its least-squares slope, with the larger of the known measurement noise
+and the scatter about the line as its error, is extrapolated over one more fifth of the run. If
+the one-sided 95% upper bound of that extrapolated move toward zero reaches half the difference,
+or the fitted difference had the other sign at the window's start, the verdict is **cannot tell
+(still moving)**. A difference that grows away from zero only strengthens its verdict. This can
+only withhold a verdict, never create one, so it keeps the error rate above.
+
+Verdicts come only from models that met their constraints: a failed convergence check makes a
+claim **inconclusive**, and a claim its experiment cannot test reads **not testable here: REASON**.
 """
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import stats
 
-ALPHA = 0.05
-NOISE_SDS = 2.0            # 1-2 seeds: a difference must exceed 2 sd of a difference of scores
-SETTLED_FRACTION = 0.5     # over the last fifth the difference shrinks by less than half itself
-# The rule in a report's words (demo.py and table2.py say it alike)
-RULE = ('Verdicts (progcode_ext/experiments/verdicts.py): with 3 seeds or more a one-sided paired '
-        f't-test at {ALPHA} (**held**, **did not hold**, else **no detectable difference**); with '
-        'one seed the difference must clear twice the standard deviation of a difference of two '
-        'scores, measured by scoring the same models twice (**held on 1 seed**, ...); either way '
-        'the difference must not have shrunk toward zero by half itself or more over the last '
-        'fifth of the runs, else **cannot tell (still moving)**.')
+ALPHA = 0.05               # two-sided: a false verdict in either direction at most this often
+SETTLED_FRACTION = 0.5     # the move toward zero over one more fifth must stay below half of it
+SETTLED_CONFIDENCE = 0.95  # ... by the one-sided upper bound at this confidence
+HELD, REVERSED, NO_DIFFERENCE = 'held', 'reversed', 'no detectable difference'
+STILL_MOVING = 'cannot tell (still moving)'
+# The rule in a report's words
+RULE = ('Verdicts (progcode_ext/experiments/verdicts.py), each two-sided at a 5% false-positive '
+        'rate under no true difference (simulated in the tests): with 3 seeds or more a paired '
+        't-test; with one seed the difference against the seed-to-seed spread of that difference '
+        "measured by `--full` (seed_spread.json) plus this run's metric noise (each model scored "
+        'twice), in t units for their degrees of freedom (**held**: the claimed direction, '
+        '**reversed**: the opposite one, significantly, else **no detectable difference**); '
+        'either way the paired difference, measured at the checkpoints of the last 2/5 of the '
+        'runs, must not be heading toward zero fast enough to lose half itself in one more fifth '
+        '(95% upper bound of the fitted slope), else **cannot tell (still moving)**.')
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The standard deviation of one score (as the claim uses it), with its degrees of freedom."""
+    sd: float
+    df: int
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The seed-to-seed standard deviation of a paired difference (one seed's difference), measured
+    by a protocol with `df` + 1 seeds; `source` says which run of which commit."""
+    sd: float
+    df: int
+    source: str
+
+
+@dataclass
+class Trajectory:
+    """The mean paired difference at checkpoints `steps` of runs of `total_steps` steps (the last
+    at the end); `point_sd`: the measurement noise of one of those values."""
+    steps: list
+    values: list
+    point_sd: float
+    total_steps: int
 
 
 @dataclass
@@ -62,77 +99,145 @@ class Verdict:
 
     @property
     def decided(self):
-        return self.verdict.startswith(('held', 'did not hold'))
+        return self.verdict.startswith((HELD, REVERSED))
+
+
+def critical_value(df):
+    """The two-sided critical value of the t distribution with `df` degrees of freedom."""
+    return float(stats.t.ppf(1 - ALPHA / 2, df))
 
 
 def pooled_noise_sd(pairs):
-    """The standard deviation of one score, from pairs of independent scores of the same models:
-    sqrt(mean((a - b)^2) / 2). None without pairs."""
+    """`Noise` of one score from pairs of independent scores of the same models:
+    sd = sqrt(mean((a - b)^2) / 2), one degree of freedom per pair. None without pairs."""
     pairs = [(float(a), float(b)) for a, b in pairs]
     if not pairs:
         return None
-    return math.sqrt(sum((a - b) ** 2 for a, b in pairs) / (2 * len(pairs)))
+    return Noise(math.sqrt(sum((a - b) ** 2 for a, b in pairs) / (2 * len(pairs))), len(pairs))
 
 
-def paired_verdict(differences, noise_sd=None):
+def mean_noise(noise, k=2):
+    """The `Noise` of a score that is the mean of k independent draws of `noise`."""
+    return Noise(noise.sd / math.sqrt(k), noise.df)
+
+
+def one_seed_error(noise, spread, n):
+    """(standard error of the mean of n one-seed differences, its degrees of freedom): the spread
+    between trainings plus the noise of the two scores of a difference, with the smaller of the
+    two estimates' degrees of freedom. (Welch-Satterthwaite's df, computed from the estimates
+    themselves, grows exactly when the spread's estimate comes out small: its false-positive
+    rate reached 6.5% in the tests' simulation.)"""
+    variance = spread.sd ** 2 + 2 * noise.sd ** 2
+    return math.sqrt(variance / n), min(spread.df, noise.df)
+
+
+def paired_verdict(differences, noise=None, spread=None):
     """The rule above, before the settledness and convergence conditions."""
     d = np.asarray([float(x) for x in differences])
     n = len(d)
     if n == 0:
         raise ValueError('a claim needs at least one paired difference')
     mean = float(d.mean())
+    seeds = f'{n} seed{"s" * (n > 1)}'
     if n >= 3:
         se = float(d.std(ddof=1) / math.sqrt(n))
         if se == 0:
-            verdict = 'held' if mean > 0 else 'did not hold' if mean < 0 else \
-                'no detectable difference'
-            return Verdict(verdict, n, mean, se, 0.0 if mean else 1.0, differences=d.tolist(),
+            return Verdict(HELD if mean > 0 else REVERSED if mean < 0 else NO_DIFFERENCE, n, mean,
+                           se, 0.0 if mean else 1.0, differences=d.tolist(),
                            detail=f'all {n} differences equal ({mean:.4g})')
-        p_greater = float(stats.ttest_1samp(d, 0.0, alternative='greater').pvalue)
-        p_less = float(stats.ttest_1samp(d, 0.0, alternative='less').pvalue)
-        if p_greater < ALPHA:
-            verdict, p = 'held', p_greater
-        elif p_less < ALPHA:
-            verdict, p = 'did not hold', p_less
-        else:
-            verdict, p = 'no detectable difference', min(p_greater, p_less)
-        return Verdict(verdict, n, mean, se, p, differences=d.tolist(),
-                       detail=f'paired difference {mean:.4g} ± {se:.2g} (SE, {n} seeds), '
-                              f'one-sided t-test p = {p:.3g}')
-    if noise_sd is None:
-        raise ValueError('with fewer than 3 seeds the metric\'s measurement noise is needed')
-    threshold = NOISE_SDS * math.sqrt(2) * noise_sd
-    seeds = f'{n} seed{"s" * (n > 1)}'
-    if all(x > threshold for x in d):
-        verdict = f'held on {seeds}'
-    elif all(x < -threshold for x in d):
-        verdict = f'did not hold on {seeds}'
-    else:
-        verdict = f'no detectable difference ({seeds})'
-    return Verdict(verdict, n, mean, threshold=threshold, differences=d.tolist(),
-                   detail=f'difference {mean:.4g} against the noise threshold ±{threshold:.2g} '
-                          f'(2 sd of a difference; one score\'s sd {noise_sd:.2g})')
+        p = float(stats.ttest_1samp(d, 0.0).pvalue)
+        return Verdict(_direction(mean, p < ALPHA), n, mean, se, p, differences=d.tolist(),
+                       threshold=critical_value(n - 1) * se,
+                       detail=f'paired difference {mean:.4g} ± {se:.2g} (SE, {seeds}), two-sided '
+                              f't-test p = {p:.3g}')
+    if noise is None:
+        raise ValueError("with fewer than 3 seeds the metric's measurement noise is needed")
+    if spread is None:
+        return Verdict(f'no verdict on {seeds}: no measured seed-to-seed spread', n, mean,
+                       differences=d.tolist(),
+                       detail=f'difference {mean:.4g}; the spread between trainings of this '
+                              'comparison was never measured with 3 seeds (seed_spread.json)')
+    se, df = one_seed_error(noise, spread, n)
+    threshold = critical_value(df) * se
+    p = float(2 * stats.t.sf(abs(mean) / se, df)) if se > 0 else 0.0
+    verdict = _direction(mean, abs(mean) > threshold)
+    return Verdict(verdict + f' on {seeds}' * (verdict != NO_DIFFERENCE)
+                   + f' ({seeds})' * (verdict == NO_DIFFERENCE), n, mean, se, p,
+                   threshold=threshold, differences=d.tolist(),
+                   detail=f'difference {mean:.4g} against ±{threshold:.2g} = t({df:.1f}) x '
+                          f'{se:.2g}: seed-to-seed spread {spread.sd:.2g} ({spread.source}) and '
+                          f"one score's noise {noise.sd:.2g}; p = {p:.3g}")
 
 
-def claim_verdict(differences, noise_sd=None, earlier=None, failed_checks=(), untestable=None):
+def _direction(mean, significant):
+    if not significant or mean == 0:
+        return NO_DIFFERENCE
+    return HELD if mean > 0 else REVERSED
+
+
+def settled(trajectory, difference):
+    """(settled?, why) of a paired difference by the rule above."""
+    steps = np.asarray(trajectory.steps, float)
+    values = np.asarray(trajectory.values, float)
+    if len(steps) < 3:
+        raise ValueError('settledness needs the difference at 3 checkpoints or more')
+    slope, intercept = np.polyfit(steps, values, 1)
+    residual = values - (slope * steps + intercept)
+    scatter = math.sqrt(float(residual @ residual) / (len(steps) - 2)) if len(steps) > 2 else 0.0
+    sd = max(trajectory.point_sd, scatter)
+    se_slope = sd / math.sqrt(float(((steps - steps.mean()) ** 2).sum()))
+    fifth = trajectory.total_steps / 5
+    toward = -math.copysign(1.0, difference) * slope * fifth      # > 0: toward zero
+    upper = toward + stats.norm.ppf(SETTLED_CONFIDENCE) * se_slope * fifth
+    start = slope * steps[0] + intercept
+    where = (f'the difference over steps {int(steps[0])}-{int(steps[-1])} ({len(steps)} '
+             f'checkpoints) moves {toward:+.3g} toward zero per fifth of the run, 95% bound '
+             f'{upper:+.3g} against half the difference {abs(difference) / 2:.3g}')
+    if start * difference <= 0:
+        return False, where + '; it had the other sign at the window\'s start'
+    return upper < SETTLED_FRACTION * abs(difference), where
+
+
+def claim_verdict(differences, noise=None, trajectory=None, failed_checks=(), untestable=None,
+                  spread=None):
     """The whole rule: inconclusive, not testable, cannot tell, or the paired verdict.
-    `earlier`: the same paired differences at 4/5 of the runs (None: not measured, no check)."""
+    `trajectory`: the difference at the checkpoints of the last part (None: not measured)."""
     if failed_checks:           # (then the precondition's own numbers are unsettled too)
         return Verdict('inconclusive', len(differences), float(np.mean(differences)),
                        detail='; '.join(failed_checks))
     if untestable:
         return Verdict(f'not testable here: {untestable}', len(differences),
                        float(np.mean(differences)), detail=untestable)
-    v = paired_verdict(differences, noise_sd)
-    if earlier is not None:
-        before = float(np.mean([float(x) for x in earlier]))
-        moved = v.mean_difference - before
-        v.detail += f'; the difference was {before:.4g} at 4/5 of the runs'
-        toward_zero = -moved if v.mean_difference > 0 else moved
-        crossed = before * v.mean_difference <= 0
-        if v.decided and (crossed or not toward_zero < SETTLED_FRACTION * abs(v.mean_difference)):
-            v.verdict = 'cannot tell (still moving)'
-            v.detail += (': it had the other sign then' if crossed else
-                         f': it came toward zero by {abs(moved):.3g} over the last fifth, not '
-                         'less than half itself')
+    v = paired_verdict(differences, noise, spread)
+    if trajectory is not None:
+        ok, why = settled(trajectory, v.mean_difference)
+        v.detail += f'; {why}'
+        if v.decided and not ok:
+            v.verdict = STILL_MOVING
     return v
+
+
+def stated(v, claimed, opposite):
+    """The verdict in words that say which way the difference went, e.g. 'reversed: progressive
+    has the better -ELBO (p = 0.01)'."""
+    p = f' (p = {v.p_value:.2g})' if math.isfinite(v.p_value) else ''
+    if v.verdict.startswith(HELD):
+        return f'{v.verdict}: {claimed}{p}'
+    if v.verdict.startswith(REVERSED):
+        return f'{v.verdict}: {opposite}{p}'
+    if v.verdict.startswith(NO_DIFFERENCE) or v.verdict == STILL_MOVING:
+        lead = claimed if v.mean_difference > 0 else opposite
+        return f'{v.verdict} (the difference leans: {lead}{p})'
+    return v.verdict
+
+
+SPREADS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'seed_spread.json')
+
+
+def measured_spread(preset, comparison, fallback=None):
+    """The `Spread` kept in seed_spread.json for `comparison` (e.g. 'table2/elbo') on `preset`, else
+    for `fallback`; None where none was measured."""
+    with open(SPREADS) as f:
+        table = json.load(f).get(preset, {})
+    entry = table.get(comparison) or (table.get(fallback) if fallback else None)
+    return Spread(float(entry['sd']), int(entry['df']), entry['source']) if entry else None
