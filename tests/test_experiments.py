@@ -4,6 +4,7 @@ a convergence check, and the demo report states each claim. Plus the run planner
 convergence checks on their own."""
 import json
 import os
+import sys
 
 import pytest
 
@@ -68,26 +69,43 @@ def test_experiments_end_to_end(cfg, capsys, monkeypatch):
         return real(samples, reference, dataset, **kwargs)
     monkeypatch.setattr(chains, 'sample_quality', spy)
     res = table2.run(cfg)
+    controls = ('continued-elbo', 'continued-progressive', 'warmup', 'vdvae-wide')
     written(os.path.join(cfg.out, 'table2'), 'report.md', 'table2.png',
             'samples-progressive-0.05.png', 'samples-progressive-0.02.png',
-            'samples-conventional.png', 'samples-conventional-init.png')
-    # each of the 4 models (conventional, progressive at both lambdas, conventional from stage
-    # 1) scored three times: two independent draws at the end, one at 4/5 of its run
-    assert seen == [(4000, 'train')] * 12
+            'samples-conventional.png', 'samples-compute-matched.png',
+            *[f'samples-{c}.png' for c in controls])
+    assert seen and set(seen) == {(4000, 'train')}
     assert res['metric'] == 'FD-mnist16'
     assert res['headline'] == 0.02 and res['rule']['given']
     assert [x['target'] for x in res['per_lambda']] == [0.05, 0.02]
+    models = res['models']
+    assert set(models) == {'conventional', 'compute_matched', 'progressive', 'continued_elbo',
+                           'continued_progressive', 'warmup', 'vdvae_wide'}
+    # the paper's baseline is the conventional run at --steps, the compute-matched one its end
+    assert models['conventional'][0]['run'] == 'table2-conventional-seed0@5'
+    assert models['conventional'][0]['step'] == 5 and models['compute_matched'][0]['step'] == 10
     assert res['conventional'][0]['parameters'] == res['headline_progressive'][0]['parameters']
-    assert res['conventional_from_stage1']['run'] == 'table2-conventional-init0.02-seed0'
+    # each score is the mean of its two draws; the window's checkpoints are measured once each
+    for rows in models.values():
+        r = rows[0]
+        assert r['elbo'] == pytest.approx(sum(r['elbo_draws']) / 2)
+        assert r['sample_metric'] == pytest.approx(sum(r['sample_metric_draws']) / 2)
+        assert r['path'][-1]['step'] == r['step']
+    assert [p['step'] for p in models['progressive'][0]['path']] == [1, 3, 5]
+    assert [p['step'] for p in models['compute_matched'][0]['path']] == [6, 8, 10]
+    # the strongest baseline: the conventional-objective model with the lowest -ELBO
+    candidates = {k: models[k][0]['elbo'] for k in table2.BASELINES}
+    assert res['strongest'] == min(candidates, key=candidates.get)
     assert res['noise']['sample_metric'] > 0 and res['noise']['elbo'] >= 0
     for x in res['per_lambda']:
         assert {v.verdict for v in x['verdicts'].values()} == {'inconclusive'}
-    assert {v.verdict for v in res['verdicts'].values()} == {'inconclusive'}
+    assert {v.verdict for c in res['comparisons'].values() for v in c.values()} == {'inconclusive'}
     saved = written(os.path.join(cfg.out, 'table2'))
     assert saved['verdicts']['elbo']['verdict'] == 'inconclusive'
     report = open(os.path.join(cfg.out, 'table2', 'report.md')).read()
-    assert 'not FID' in report and "The metric's own noise" in report
-    assert "conventional from stage 1 at 0.02 (not the paper's baseline)" in report
+    assert 'not FID' in report and "The metrics' own noise" in report
+    assert 'The strongest conventional baseline, by a rule fixed before any result' in report
+    assert 'continued by either objective' in report
 
     # table2's stage 1 is rd_curve's run at its target; every run is finished now, so a second
     # pass trains nothing
@@ -145,16 +163,51 @@ def test_table2_headline_is_the_smallest_lambda_leaving_stage2_half_the_rate(cfg
         [{'stage2_share': 0.3}], rule)
     assert 'stage 2 has nothing to code' in table2.untestable_reason([{'stage2_share': 0.05}])
     assert table2.untestable_reason([{'stage2_share': 0.3}]) is None
-    # the plan: the rule's runs first; the headline's other seeds and the diagnostic row after
+    # the plan: the rule's runs first; the headline's other seeds and the controls after
     monkeypatch.setattr(cfg, 'seeds', [0, 1])
     names = [r.name for r in table2.plan(cfg, headline=0.02)]
     assert [r.name for r in table2.rule_runs(cfg)] == names[:4]
     assert {'stage1-0.02-seed1', 'table2-stage2-0.02-seed1', 'table2-conventional-seed1',
-            'table2-conventional-init0.02-seed0'} <= set(names)
+            'table2-continue-elbo-0.02-seed1', 'table2-continue-progressive-0.02-seed1',
+            'table2-conventional-warmup-seed1', 'table2-vdvae-wide-seed1'} <= set(names)
     assert 'stage1-0.05-seed1' not in names
+    planned = {r.name: r for r in table2.plan(cfg, headline=0.02)}
+    conventional = planned['table2-conventional-seed1']
+    assert conventional.steps == 2 * cfg.steps and conventional.ckpt_every == runs.tenth(cfg.steps)
+    for objective, preset in (('elbo', 'mnist16_conventional'), ('progressive', 'mnist16_stage2')):
+        cont = planned[f'table2-continue-{objective}-0.02-seed1']
+        assert cont.preset == preset and cont.steps == cfg.steps // 2
+        assert cont.after == ('stage1-0.02-seed1', 'table2-stage2-0.02-seed1')
+        assert f"--init_from={runs.run_dir(cfg, 'table2-stage2-0.02-seed1')}" in cont.flags
+    warm = planned['table2-conventional-warmup-seed1']
+    assert warm.flags[-2:] == ('--stage1_rate_warmup', str(cfg.steps // 2))
+    monkeypatch.setattr(cfg, 'controls', 'budget')
+    names = {r.name for r in table2.plan(cfg, headline=0.02)}
+    assert 'table2-continue-elbo-0.02-seed1' in names and 'table2-vdvae-wide-seed1' not in names
+    monkeypatch.setattr(cfg, 'stage2_family', 'headline')
+    names = {r.name for r in table2.plan(cfg, headline=0.02)}
+    assert 'table2-stage2-0.05-seed0' not in names and 'table2-stage2-0.02-seed0' in names
     stage2 = next(r for r in table2.plan(cfg, headline=0.02) if r.name == 'table2-stage2-0.02-seed1')
     assert stage2.after == ('stage1-0.02-seed1',)                  # on its own seed's stage 1
     assert stage2.flags[-1] == f"--stage1_path={runs.run_dir(cfg, 'stage1-0.02-seed1')}"
+
+
+def test_the_wide_vdvae_has_as_many_parameters_as_the_two_stage_model(cfg):
+    goal = table2.parameters(cfg, 'mnist16_conventional')
+    width = table2.matched_width(cfg)
+    count = {w: table2.parameters(cfg, 'mnist16', '--width', str(w))
+             for w in (width - 1, width, width + 1)}
+    assert width > 32 and abs(count[width] - goal) <= min(abs(count[w] - goal) for w in count)
+    assert abs(count[width] / goal - 1) < 0.07          # mnist16: 51, -5.8% (52: +5.9%)
+
+
+def test_strongest_baseline_is_the_lowest_elbo_of_the_conventional_objective_models():
+    rows = lambda *elbos: {s: {'elbo': e, 'sample_metric': 0.0} for s, e in enumerate(elbos)}
+    models = dict(progressive=rows(0.1, 0.1), conventional=rows(1.2, 1.0),
+                  compute_matched=rows(1.05, 1.05), continued_progressive=rows(0.5, 0.5))
+    assert table2.strongest_baseline(models) == 'compute_matched'      # mean 1.05 < 1.1
+    models['continued_elbo'] = rows(1.04, 1.05)
+    assert table2.strongest_baseline(models) == 'continued_elbo'       # the progressive rows never
 
 
 def test_stage_chains_match_parameters(cfg):
@@ -186,7 +239,13 @@ def test_demo_report_names_each_claim_and_the_failed_checks(cfg):
     results = dict(table1=table1.report(cfg), rd_curve=rd_curve.report(cfg),
                    lpips_vs_mse=lpips_vs_mse.report(cfg), table2=table2.report(cfg))
     text = '\n'.join(demo.report_lines(cfg, results, 1.0, 0.5))
-    assert text.count('| **inconclusive** |') == 5
+    rows = demo.claim_rows(results)
+    assert text.count('| **inconclusive** |') == len(rows)
+    # Table 2's claims against the paper's baseline, and against the strongest where it is another
+    strongest = results['table2']['strongest']
+    assert len(rows) == 5 + 2 * (strongest != 'conventional')
+    if strongest != 'conventional':
+        assert 'the strongest conventional baseline (' in text
     assert 'This is the smoke test' in text and 'Convergence checks:' in text
     # the shared stage 1 (rd_curve and table2) is checked once
     assert text.count('- stage1-0.02-seed0:') == 1
@@ -260,6 +319,32 @@ def test_a_failed_parallel_run_is_one_clear_error(tmp_path):
         runs.run_all(cfg, plan)
 
 
+def test_a_plan_grows_once_the_runs_its_choice_reads_have_finished(cfg, tmp_path, monkeypatch):
+    """The demo's one pass: runs that depend on the headline join the queue as soon as the rule's
+    runs have finished, while the runs that do not depend on it are still waiting or training."""
+    order = []
+    monkeypatch.setattr(runs, 'steps_done', lambda cfg, run: 0)
+    monkeypatch.setattr(runs, 'launch_command', lambda cfg, run, done, launcher: (
+        order.append(run.name) or [sys.executable, '-c', 'pass']))
+    local = demo.config(str(tmp_path), 'quick', jobs=2)
+    a, long_ = Run('rule', 'p', 1), Run('long', 'p', 100)
+    grown = []
+
+    def more():
+        grown.append(set(order))
+        return [Run('chosen', 'p', 1, after=('rule',)), a]
+    folders = runs.run_all(local, [a, long_], (['rule'], more))
+    assert grown == [{'rule', 'long'}] and order[-1] == 'chosen'
+    assert set(folders) == {'rule', 'long', 'chosen'}
+    order.clear()
+    local.jobs = 1
+    monkeypatch.setattr(runs, 'upstream_loop', lambda cfg: True)    # (through launch_command)
+    runs.run_all(local, [a, long_], (['rule'], lambda: [Run('chosen', 'p', 1, after=('rule',))]))
+    assert order.index('chosen') > order.index('rule')
+    with pytest.raises(ExperimentError, match='wait for runs that cannot finish'):
+        runs.run_all(local, [a], (['never'], lambda: []))
+
+
 def test_plan_checks_and_critical_path():
     a, b = Run('a', 'p', 10), Run('b', 'p', 10, cost=3.0)
     c = Run('c', 'p', 100, after=('a',))
@@ -270,7 +355,9 @@ def test_plan_checks_and_critical_path():
         runs.check_plan([Run('y', 'p', 1, after=('z',))])
     # a waits for nothing but has the longest chain behind it: it goes first
     assert runs.critical_path([a, b, c]) == {'a': 110, 'b': 30, 'c': 100}
-    assert runs.last_fifth_step(1500) == 1200 and runs.last_fifth_step(5) == 4
+    assert runs.last_fifth_step(1500) == 1200 and runs.last_fifth_step(5) == 3
+    assert runs.window_steps(700) == [420, 560, 700] and runs.tenth(5) == 1
+    assert runs.window_steps(5) == [1, 3, 5] and runs.window(2, (2, 9, 10)) == [(9, 1), (10, 2)]
 
 
 # ------------------------------------------------------------------------------------------------

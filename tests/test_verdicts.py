@@ -18,6 +18,7 @@ Welch-Satterthwaite's, computed from the estimates, it decided 5.8-6.6% of the t
 difference when the measured spread dominates but the noise is not negligible (sigma_t about
 3-10 times sigma_m); the quadrature cases at 3 and 10 below pin that.
 """
+import json
 import math
 
 import numpy as np
@@ -26,7 +27,7 @@ from scipy import stats
 
 from progcode_ext.experiments.verdicts import (
     ALPHA, STILL_MOVING, Noise, Spread, Trajectory, Verdict, claim_verdict, critical_value,
-    mean_noise, measured_spread, paired_verdict, pooled_noise_sd, settled, stated)
+    SPREADS, mean_noise, measured_spread, paired_verdict, pooled_noise_sd, settled, stated)
 
 
 def at_most_alpha(n):
@@ -296,13 +297,23 @@ def test_stated_says_which_way_the_difference_went():
 
 
 def test_measured_spread_reads_seed_spread_json():
-    for comparison in ('table1/mse', 'table2/sample_metric', 'table2/elbo'):
-        spread = measured_spread('mnist16', comparison)
-        assert isinstance(spread, Spread) and spread.df == 2 and spread.sd > 0 and spread.source
-    assert measured_spread('mnist16', 'table2/unknown', fallback='table2/elbo') == \
-        measured_spread('mnist16', 'table2/elbo')
-    assert measured_spread('mnist16', 'table2/unknown') is None
-    assert measured_spread('no-such-preset', 'table2/elbo', fallback='table1/mse') is None
+    with open(SPREADS) as f:
+        table = json.load(f)['mnist16']
+    assert table, 'the toy protocol keeps its measured spreads'
+    for protocol, entries in table.items():
+        steps = int(protocol.split()[1])
+        for comparison in entries:
+            spread = measured_spread('mnist16', steps, comparison)
+            assert isinstance(spread, Spread) and spread.df >= 2 and spread.sd > 0
+            assert spread.source
+    protocol, entries = next((p, e) for p, e in table.items() if 'table2/conventional/elbo' in e)
+    steps = int(protocol.split()[1])
+    assert measured_spread('mnist16', steps, 'table2/unknown',
+                           fallback='table2/conventional/elbo') == \
+        measured_spread('mnist16', steps, 'table2/conventional/elbo')
+    assert measured_spread('mnist16', steps, 'table2/unknown') is None
+    assert measured_spread('mnist16', 7, 'table2/conventional/elbo') is None   # other steps
+    assert measured_spread('no-such-preset', steps, 'table2/conventional/elbo') is None
 
 
 # -- 4. each change of rule ----------------------------------------------------------------------

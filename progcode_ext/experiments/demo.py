@@ -22,13 +22,16 @@ import time
 
 import numpy as np
 
+from vdvae.errors import ConfigError
+from vdvae.hps import comma_list
+
 from . import convergence as cv
 from . import codec, lpips_vs_mse, rd_curve, table1, table2
 from .cli import check_inputs, number, run_main
 from .machine import machine
 from .report import mean_std
 from .runs import say
-from .verdicts import RULE, stated
+from .verdicts import RULE, SPREADS, record_spreads, stated
 
 # Periodic evaluations and image grids off (the experiments evaluate what they need, once);
 # checkpoints every 250 steps, so that an interrupted demo resumes close to where it stopped.
@@ -74,9 +77,22 @@ def run(argv):
     parser.add_argument('--out', default='demo-out', help='output folder (default: %(default)s)')
     parser.add_argument('--jobs', type=number(1), default=None,
                         help='models trained at once (default: one per core, at most 8)')
+    parser.add_argument('--seeds', type=comma_list(int), default=None,
+                        help="the seeds of Tables 1 and 2, e.g. 0,1,2 (default: the mode's)")
+    parser.add_argument('--record_spread', action='store_true',
+                        help='with 3 seeds or more: keep the measured seed-to-seed spreads of '
+                             'every paired difference in progcode_ext/experiments/'
+                             'seed_spread.json, for the 1-seed verdicts of the same steps')
     args = parser.parse_args(argv)
     scale = 'full' if args.full else 'quick' if args.quick else 'default'
     cfg = config(args.out, scale, args.jobs)
+    if args.seeds is not None:
+        if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+            raise ConfigError(f'--seeds {args.seeds}: give at least one seed, each once')
+        cfg.seeds = args.seeds
+    if args.record_spread and len(cfg.seeds) < 3:
+        raise ConfigError(f'--record_spread measures the spread between seeds: give 3 seeds or '
+                          f'more (--seeds 0,1,2), not {len(cfg.seeds)}')
     check_inputs(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     start = time.time()
@@ -95,7 +111,24 @@ def run(argv):
     with open(os.path.join(cfg.out, 'report.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     say(f'demo finished in {minutes:.1f} min; report: {os.path.join(cfg.out, "report.md")}')
+    if args.record_spread:
+        source = (f"demo {scale} --seeds {','.join(map(str, cfg.seeds))}, commit "
+                  f"{commit()}, {time.strftime('%Y-%m-%d')}")
+        record_spreads(cfg.hps, cfg.probe_steps, results['table1']['spreads'], source)
+        record_spreads(cfg.hps, cfg.steps, results['table2']['spreads'], source)
+        say(f'seed-to-seed spreads kept in {SPREADS} ({source})')
     return results
+
+
+def commit():
+    """The checkout's commit (short), or 'unknown'."""
+    import subprocess
+    try:
+        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                              text=True, cwd=os.path.dirname(__file__)).stdout.strip() or 'unknown'
+    except OSError:
+        return 'unknown'
+
 
 
 def claim_rows(results):

@@ -3,7 +3,7 @@
 A run is finished when its `latest-state.th` has reached the run's step count; an unfinished one
 is resumed exactly; a finished one is reused only when it was trained with the same settings.
 Every run also keeps a checkpoint at every tenth of its steps (`iter-N-*`): the verdicts judge
-whether a difference has settled from those of the last 2/5 (`window_steps`, verdicts.py), and
+whether a difference has settled from those at 6/10, 8/10 and the end (`window`, verdicts.py), and
 the reports say how much each model still moved over its last fifth (`convergence.py`).
 
 `run_all(cfg, runs)` trains a plan of runs, each after the runs it depends on (e.g. the run of a
@@ -80,9 +80,16 @@ def last_fifth_step(steps):
     return steps - 2 * tenth(steps)
 
 
-def window_steps(steps, tenths=(6, 7, 8, 9, 10)):
-    """The steps of a run's kept checkpoints at the given tenths (10: its end)."""
-    return [steps - tenth(steps) * (10 - k) for k in tenths if steps - tenth(steps) * (10 - k) > 0]
+def window(steps, tenths=(6, 8, 10)):
+    """(tenth, step) of a run's kept checkpoints at the given tenths (10: its end; a run too short
+    to have one at some tenth leaves it out)."""
+    return [(k, steps - tenth(steps) * (10 - k)) for k in tenths
+            if steps - tenth(steps) * (10 - k) > 0]
+
+
+def window_steps(steps, tenths=(6, 8, 10)):
+    """The steps of `window`."""
+    return [step for _, step in window(steps, tenths)]
 
 
 def run_argv(cfg, run):
@@ -165,23 +172,50 @@ def critical_path(runs):
     return {s.name: length(s) for s in runs}
 
 
-def run_all(cfg, runs):
-    """Train every run of the plan that is not finished; returns {name: run folder}."""
+def run_all(cfg, runs, then=None):
+    """Train every run of the plan that is not finished; returns {name: run folder}.
+    `then`: (names, more): once the runs named have finished, `more()` gives further runs (e.g.
+    those that depend on a choice made from the first ones), trained in the same pass, so that no
+    core waits for a run the choice did not need."""
     plan = check_plan(runs)
-    todo = {}
-    for run in plan:
-        done = steps_done(cfg, run)
-        if done >= run.steps:
-            say(f'{run.name}: finished earlier ({done} steps), not re-run')
-        else:
-            todo[run.name] = (run, done)
-    if todo:                            # the longest chain of work first
-        priority = critical_path(plan)
-        waiting = sorted(todo.values(), key=lambda item: -priority[item[0].name])
-        finished = {r.name for r in plan if r.name not in todo}
+    queue = Queue(cfg, plan, then)
+    if queue.waiting or queue.then:
         jobs = max(1, getattr(cfg, 'jobs', 1) or 1)
-        (_run_sequentially if jobs == 1 else _run_in_parallel)(cfg, waiting, finished, jobs)
-    return {s.name: run_dir(cfg, s.name) for s in plan}
+        (_run_sequentially if jobs == 1 else _run_in_parallel)(cfg, queue, jobs)
+    return {s.name: run_dir(cfg, s.name) for s in queue.plan}
+
+
+class Queue:
+    """The runs still to train (`waiting`: (run, steps done), the longest chain of work first),
+    those `finished`, and the plan's extension `then` not yet made."""
+
+    def __init__(self, cfg, plan, then):
+        self.cfg, self.plan, self.then = cfg, [], then
+        self.waiting, self.finished, self.known = [], set(), set()
+        self.add(plan)
+
+    def add(self, runs):
+        self.plan = check_plan(self.plan + list(runs))
+        for run in runs:
+            if run.name in self.known:          # waiting, training or finished already
+                continue
+            self.known.add(run.name)
+            done = steps_done(self.cfg, run)
+            if done >= run.steps:
+                say(f'{run.name}: finished earlier ({done} steps), not re-run')
+                self.finished.add(run.name)
+            else:
+                self.waiting.append((run, done))
+        priority = critical_path(self.plan)
+        self.waiting.sort(key=lambda item: -priority[item[0].name])
+
+    def ready(self):
+        """The waiting runs whose dependencies have finished, extending the plan first when its
+        extension's runs have."""
+        if self.then and set(self.then[0]) <= self.finished:
+            more, self.then = self.then[1], None
+            self.add(more())
+        return [item for item in self.waiting if set(item[0].after) <= self.finished]
 
 
 def _announce(run, done, note=''):
@@ -193,10 +227,13 @@ def _command(cfg, run, done):
     return run_argv(cfg, run) + (['--resume'] if done else [])
 
 
-def _run_sequentially(cfg, order, finished, jobs):
-    while order:
-        run, done = next(item for item in order if set(item[0].after) <= finished)
-        order.remove((run, done))
+def _run_sequentially(cfg, queue, jobs):
+    while queue.waiting or queue.then:
+        ready = queue.ready()
+        if not ready:
+            break
+        run, done = ready[0]
+        queue.waiting.remove((run, done))
         _announce(run, done)
         start = time.time()
         if os.environ.get('LAUNCH') or upstream_loop(cfg):
@@ -209,28 +246,35 @@ def _run_sequentially(cfg, order, finished, jobs):
             raise ExperimentError(f'run {run.name} failed (exit {rc}); see '
                                   f'{run_dir(cfg, run.name)}/log.txt')
         say(f'{run.name}: done in {time.time() - start:.0f} s')
-        finished.add(run.name)
+        queue.finished.add(run.name)
+    _check_all_ran(queue)
 
 
-def _run_in_parallel(cfg, waiting, finished, jobs):
+def _check_all_ran(queue):
+    if queue.waiting or queue.then:
+        names = ', '.join([item[0].name for item in queue.waiting] + list(
+            queue.then[0] if queue.then else []))
+        raise ExperimentError(f'runs {names} wait for runs that cannot finish')
+
+
+def _run_in_parallel(cfg, queue, jobs):
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     os.makedirs(os.path.join(cfg.out, 'runs'), exist_ok=True)
     running = {}                       # name -> (run, process, output file, start time)
     try:
-        while waiting or running:
-            ready = [item for item in waiting if set(item[0].after) <= finished]
+        while queue.waiting or running or queue.then:
+            ready = queue.ready()
             while ready and len(running) < jobs:
                 run, done = ready.pop(0)
-                waiting.remove((run, done))
+                queue.waiting.remove((run, done))
                 _announce(run, done, f' ({threads} thread{"s" * (threads > 1)})')
                 output = open(os.path.join(cfg.out, 'runs', f'{run.name}.out'), 'w')
                 process = subprocess.Popen(launch_command(cfg, run, done, [sys.executable]),
                                            stdout=output, stderr=subprocess.STDOUT, env=env)
                 running[run.name] = (run, process, output, time.time())
             if not running:
-                names = ', '.join(item[0].name for item in waiting)
-                raise ExperimentError(f'runs {names} wait for runs that cannot finish')
+                _check_all_ran(queue)
             time.sleep(0.2)
             for name, (run, process, output, start) in list(running.items()):
                 if process.poll() is None:
@@ -242,7 +286,7 @@ def _run_in_parallel(cfg, waiting, finished, jobs):
                         f'run {name} failed (exit {process.returncode}): '
                         + _tail(output.name) + f' (whole output: {output.name})')
                 say(f'{name}: done in {time.time() - start:.0f} s')
-                finished.add(name)
+                queue.finished.add(name)
     finally:
         for run, process, output, _ in running.values():
             process.terminate()

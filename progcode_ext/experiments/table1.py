@@ -30,7 +30,8 @@ from .evaluate import (default_device, evaluate_last_fifth, evaluate_run, load_r
 from .figures import plot
 from .report import check_table, mean_std, summary, write_results
 from .runs import COST, Run, run_all, run_dir, say, seeded, window_steps
-from .verdicts import Trajectory, claim_verdict, measured_spread, pooled_noise_sd, stated
+from .verdicts import (Trajectory, claim_verdict, measured_spread, pooled_noise_sd, spread_of,
+                       stated)
 
 
 WORDS = ("the gamma-optimal decoder's distortion is lower", "the VDVAE's D_K is lower")
@@ -123,11 +124,12 @@ def report(cfg):
                         math.sqrt(2) * noise.sd / math.sqrt(len(rows)), 1.0)
     judged = claim_verdict([r['D_K'] - r['lambda_star_upper_bound'] for r in rows], noise,
                            window, cv.failure_lines(checks), spread=measured_spread(
-                               cfg.hps, 'table1/mse'))
+                               cfg.hps, cfg.probe_steps, 'table1/mse'))
     result = dict(dataset=cfg.hps, seeds=cfg.seeds, K=rows[0]['K'], rows=rows,
                   summary={k: summary([r[k] for r in rows]) for k in keys},
                   checks=checks, verdict=judged.verdict, judged=judged, mse_noise=noise.sd,
-                  mse_noise_df=noise.df)
+                  mse_noise_df=noise.df,
+                  spreads={'table1/mse': spread_of(judged)} if spread_of(judged) else {})
     shares = rate_shares(cfg, device, cfg.seeds[0])
     result['rate_shares'] = shares
     result['progressive_res'] = next(s['res'] for s in shares if s['k'] == result['K'])

@@ -37,8 +37,8 @@ Measured with EMA weights: the -ELBO on the validation split (exact; twice with 
 posterior draws, their mean the score, their spread its noise), the rate of each stage, and the
 sample metric at t = 1 (FID with Inception weights, `--fid_weights`, else - only with
 `--allow_standin` - FD-<dataset> in the features of a classifier trained once and cached), twice
-with independent samples likewise; once more at each checkpoint of the last 2/5 of every run (the
-continuations: along the whole way). Verdicts follow `verdicts.py`.
+with independent samples likewise; once more at 6/10 and 8/10 of every run (the continuations:
+also at 2/10 and 4/10). Verdicts follow `verdicts.py`.
 Writes OUT/table2/{results.json, report.md, table2.png, samples-*.png}.
 """
 import math
@@ -57,17 +57,17 @@ from .evaluate import default_device, evaluate_run
 from .figures import plot
 from .rd_curve import PAPER_TARGETS, lambdas, stage1_name, stage1_run
 from .report import check_table, mean_std, write_results
-from .runs import COST, Run, run_all, run_dir, say, seeded, tenth, window_steps
+from .runs import COST, Run, run_all, run_dir, say, seeded, tenth, window
 from .table1 import vdvae_run
 from .verdicts import (RULE, Trajectory, claim_verdict, mean_noise, measured_spread,
-                       pooled_noise_sd, stated)
+                       pooled_noise_sd, spread_of, stated)
 
 HEADLINE_RATE_SHARE = 0.5      # the headline's stage 1: R_1 <= this x the VDVAE's total rate
 MIN_STAGE2_SHARE = 0.10        # below this share of the two-stage rate, stage 2 codes nothing
 # The claims: progressive has the lower sample metric, conventional the lower -ELBO (key, sign)
 CLAIMS = (('sample_metric', 1), ('elbo', -1))
 SAMPLE_SEEDS = (1, 10_008)     # of the two independent sample draws (the first also on the way)
-WINDOW = (6, 7, 8, 9, 10)      # the tenths of a run whose checkpoints judge settledness
+WINDOW = (6, 8, 10)            # the tenths of a run whose checkpoints judge settledness
 ALONG = (2, 4) + WINDOW        # the continuations: measured along the whole way
 CONTROLS = {'budget': ('continued', 'compute_matched'),
             'all': ('continued', 'compute_matched', 'warmup', 'vdvae_wide')}
@@ -256,7 +256,7 @@ def measure(cfg, device, name, checks, steps=None, tenths=WINDOW, grid_path=None
     again, _, _ = chains.measure(cfg, folder, device, SAMPLE_SEEDS[1], prefix, eval_seed=1)
     total = row['step']
     path = []
-    for k, step in zip(tenths, window_steps(total, tenths)):
+    for k, step in window(total, tenths):
         point = row if step == total else chains.measure(cfg, folder, device, SAMPLE_SEEDS[0],
                                                          f'iter-{step}')[0]
         path.append(path_point(point, k))
@@ -293,7 +293,8 @@ def compare(cfg, comparison, pairs, noise, untestable=None, failed=()):
     """Both claims of Table 2 over (progressive, baseline) row pairs, one per seed."""
     out = {}
     for key, sign in CLAIMS:
-        spread = measured_spread(cfg.hps, f'table2/{comparison}/{key}', f'table2/headline/{key}')
+        spread = measured_spread(cfg.hps, cfg.steps, f'table2/{comparison}/{key}',
+                                 f'table2/conventional/{key}')
         out[key] = claim_verdict(differences(pairs, key, sign), mean_noise(noise[key]),
                                  trajectory(pairs, key, sign, noise[key]), failed, untestable,
                                  spread)
@@ -371,7 +372,7 @@ def report(cfg, headline=None, rule=None):
         p = progressive[target, first]
         per_lambda.append(dict(
             target=target, headline=target == headline, progressive=p,
-            verdicts=compare(cfg, 'headline', [(p, models['conventional'][first])], noise,
+            verdicts=compare(cfg, 'conventional', [(p, models['conventional'][first])], noise,
                              untestable_reason([p]),
                              cv.failure_lines(checks, (p['run'], conventional_name(first),
                                                        stage1_name(target, first))))))
@@ -393,7 +394,10 @@ def report(cfg, headline=None, rule=None):
                   noise_df={k: v.df for k, v in noise.items()}, checks=checks,
                   parameters=models['conventional'][first]['parameters'],
                   min_stage2_share=MIN_STAGE2_SHARE, headline_rate_share=HEADLINE_RATE_SHARE,
-                  controls=list(controls(cfg)))
+                  controls=list(controls(cfg)),
+                  spreads={f'table2/{name}/{key}': spread_of(v)
+                           for name, by_key in comparisons.items() if name != 'strongest'
+                           for key, v in by_key.items() if spread_of(v)})
     draw(cfg, result, folder)
     write_results(cfg.out, 'table2', result, report_lines(cfg, result))
     return result
@@ -613,12 +617,16 @@ def report_lines(cfg, result):
 
 
 def train(cfg, other_runs=()):
-    """Train in two rounds: what the headline rule reads, then everything else (with `other_runs`,
-    e.g. the other experiments' in the demo, side by side). Returns (headline, rule)."""
-    run_all(cfg, rule_runs(cfg))
-    headline, rule = choose_headline(cfg, default_device(cfg))
-    run_all(cfg, list(other_runs) + plan(cfg, headline))
-    return headline, rule
+    """Train everything in one pass (with `other_runs`, e.g. the other experiments' in the demo,
+    side by side): the headline is chosen as soon as the runs its rule reads have finished, and
+    what depends on it joins the runs still training. Returns (headline, rule)."""
+    chosen = []
+
+    def headline_runs():
+        chosen.extend(choose_headline(cfg, default_device(cfg)))
+        return plan(cfg, chosen[0])
+    run_all(cfg, list(other_runs) + plan(cfg), ([r.name for r in rule_runs(cfg)], headline_runs))
+    return tuple(chosen) if chosen else choose_headline(cfg, default_device(cfg))
 
 
 def run(cfg):

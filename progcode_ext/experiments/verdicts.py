@@ -21,7 +21,7 @@ simulate each rule under no difference and check it (tests/test_verdicts.py).
 
 Settled: a verdict in either direction must also rest on a difference that has stopped moving
 toward zero. The paired difference is measured at several checkpoints of the last part of
-training (`Trajectory`); its least-squares slope, with the larger of the known measurement noise
+training (`Trajectory`: 6/10, 8/10 and the end of the runs in the experiments); its least-squares slope, with the larger of the known measurement noise
 and the scatter about the line as its error, is extrapolated over one more fifth of the run. If
 the one-sided 95% upper bound of that extrapolated move toward zero reaches half the difference,
 or the fitted difference had the other sign at the window's start, the verdict is **cannot tell
@@ -48,11 +48,11 @@ STILL_MOVING = 'cannot tell (still moving)'
 RULE = ('Verdicts (progcode_ext/experiments/verdicts.py), each two-sided at a 5% false-positive '
         'rate under no true difference (simulated in the tests): with 3 seeds or more a paired '
         't-test; with one seed the difference against the seed-to-seed spread of that difference '
-        "measured by `--full` (seed_spread.json) plus this run's metric noise (each model scored "
-        'twice), in t units for their degrees of freedom (**held**: the claimed direction, '
-        '**reversed**: the opposite one, significantly, else **no detectable difference**); '
-        'either way the paired difference, measured at the checkpoints of the last 2/5 of the '
-        'runs, must not be heading toward zero fast enough to lose half itself in one more fifth '
+        "measured by 3 seeds of the same protocol (seed_spread.json) plus this run's metric noise "
+        '(each model scored twice), in t units for their degrees of freedom (**held**: the '
+        'claimed direction, **reversed**: the opposite one, significantly, else **no detectable '
+        'difference**); either way the paired difference, measured at 6/10, 8/10 and the end of '
+        'the runs, must not be heading toward zero fast enough to lose half itself in one more fifth '
         '(95% upper bound of the fitted slope), else **cannot tell (still moving)**.')
 
 
@@ -190,9 +190,9 @@ def settled(trajectory, difference):
     toward = -math.copysign(1.0, difference) * slope * fifth      # > 0: toward zero
     upper = toward + stats.norm.ppf(SETTLED_CONFIDENCE) * se_slope * fifth
     start = slope * steps[0] + intercept
-    where = (f'the difference over steps {int(steps[0])}-{int(steps[-1])} ({len(steps)} '
-             f'checkpoints) moves {toward:+.3g} toward zero per fifth of the run, 95% bound '
-             f'{upper:+.3g} against half the difference {abs(difference) / 2:.3g}')
+    where = (f'over {len(steps)} checkpoints from {steps[0] / steps[-1]:.0%} of the runs to '
+             f'their end the difference moves {toward:+.3g} toward zero per fifth of the runs '
+             f'(95% bound {upper:+.3g}; half the difference: {abs(difference) / 2:.3g})')
     if start * difference <= 0:
         return False, where + '; it had the other sign at the window\'s start'
     return upper < SETTLED_FRACTION * abs(difference), where
@@ -234,10 +234,29 @@ def stated(v, claimed, opposite):
 SPREADS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'seed_spread.json')
 
 
-def measured_spread(preset, comparison, fallback=None):
-    """The `Spread` kept in seed_spread.json for `comparison` (e.g. 'table2/elbo') on `preset`, else
-    for `fallback`; None where none was measured."""
+def measured_spread(preset, steps, comparison, fallback=None):
+    """The `Spread` kept in seed_spread.json for `comparison` (e.g. 'table2/headline/elbo') of runs
+    of `steps` steps on `preset`, else for `fallback`; None where none was measured."""
     with open(SPREADS) as f:
-        table = json.load(f).get(preset, {})
+        table = json.load(f).get(preset, {}).get(f'steps {steps}', {})
     entry = table.get(comparison) or (table.get(fallback) if fallback else None)
     return Spread(float(entry['sd']), int(entry['df']), entry['source']) if entry else None
+
+
+def spread_of(v):
+    """{'sd', 'df'} of the per-seed differences behind a verdict of 3 seeds or more, else None."""
+    if len(v.differences) < 3:
+        return None
+    return dict(sd=float(np.std(v.differences, ddof=1)), df=len(v.differences) - 1)
+
+
+def record_spreads(preset, steps, spreads, source, path=SPREADS):
+    """Keep measured spreads ({comparison: {'sd', 'df'}}) in seed_spread.json under `preset` and
+    'steps N', each with `source`; the other entries stay."""
+    with open(path) as f:
+        table = json.load(f)
+    entries = table.setdefault(preset, {}).setdefault(f'steps {steps}', {})
+    entries.update({k: dict(v, source=source) for k, v in spreads.items()})
+    with open(path, 'w') as f:
+        json.dump(table, f, indent=1, ensure_ascii=False)
+        f.write('\n')
