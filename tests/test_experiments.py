@@ -392,3 +392,28 @@ def test_seeds_and_steps_are_validated(capsys):
         'error: argument --seeds: expected comma-separated integers\n')
     with pytest.raises(ValueError, match='--steps 3: at least 5'):
         cli.parse(['--steps', '3', '--out', '/tmp/x'], 'd')
+
+
+def test_demo_seeds_and_record_spread_are_checked_before_anything_trains(tmp_path, capsys):
+    out = str(tmp_path / 'demo')
+    assert demo.main(['--quick', '--out', out, '--record_spread']) == 2
+    assert 'give 3 seeds or more' in capsys.readouterr().err
+    assert demo.main(['--quick', '--out', out, '--seeds', '1,1']) == 2
+    assert '--seeds [1, 1]: give at least one seed, each once' in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
+def test_measured_spreads_are_kept_beside_the_others(tmp_path):
+    from progcode_ext.experiments.verdicts import (Verdict, record_spreads, spread_of)
+    path = tmp_path / 'spread.json'
+    path.write_text(json.dumps({'about': 'x', 'mnist16': {'steps 9': {'table1/mse': {
+        'sd': 1.0, 'df': 2, 'source': 'old'}}}}))
+    assert spread_of(Verdict('held', 2, 1.0, differences=[1.0, 2.0])) is None
+    measured = spread_of(Verdict('held', 3, 2.0, differences=[1.0, 2.0, 3.0]))
+    assert measured == {'sd': 1.0, 'df': 2}
+    record_spreads('mnist16', 700, {'table2/conventional/elbo': measured}, 'demo, commit c',
+                   path=str(path))
+    table = json.loads(path.read_text())
+    assert table['mnist16']['steps 9']['table1/mse']['source'] == 'old'
+    assert table['mnist16']['steps 700']['table2/conventional/elbo'] == dict(
+        sd=1.0, df=2, source='demo, commit c')
