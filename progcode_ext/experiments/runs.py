@@ -76,8 +76,9 @@ def tenth(steps):
 
 
 def last_fifth_step(steps):
-    """The step of the checkpoint that opens a run's last fifth."""
-    return steps - 2 * tenth(steps)
+    """The step of the checkpoint that opens a run's last fifth (a run of a few steps: its first
+    checkpoint)."""
+    return max(steps - 2 * tenth(steps), tenth(steps))
 
 
 def window(steps, tenths=(6, 8, 10)):

@@ -89,12 +89,16 @@ def seed_row(cfg, device, seed):
                R_K_gamma_optimal=g['rate'], lambda_star_upper_bound=g['mse'], gamma=target,
                eta_final=float(gamma_model.objective.multiplier.eta),
                checkpoint=vdvae_checkpoint(cfg, seed))
-    steps = window_steps(p['step'])
-    path = [evaluate_run(cfg, probe, device, f'iter-{s}')['mse']
-            - evaluate_run(cfg, gamma, device, f'iter-{s}')['mse'] for s in steps[:-1]]
+    # the difference at the checkpoints of the window (those that exist: not in a run too short)
+    steps, path = [], []
+    for step in window_steps(p['step'])[:-1]:
+        at = [evaluate_run(cfg, f, device, f'iter-{step}') for f in (probe, gamma)]
+        if all(at):
+            steps.append(step)
+            path.append(at[0]['mse'] - at[1]['mse'])
     row.update(D_K_draws=[p['mse'], p_again['mse']],
                lambda_star_draws=[g['mse'], g_again['mse']],
-               window_steps=steps, window=path + [p['mse'] - g['mse']])
+               window_steps=steps + [p['step']], window=path + [p['mse'] - g['mse']])
     row['held'] = row['lambda_star_upper_bound'] < row['D_K']
     # How much each model still moved over its last fifth (reported; the verdict checks the
     # difference itself, verdicts.py)
@@ -119,8 +123,9 @@ def report(cfg):
     keys = ('R_K', 'D_K', 'R_K_gamma_optimal', 'lambda_star_upper_bound')
     noise = pooled_noise_sd([r['D_K_draws'] for r in rows] + [r['lambda_star_draws'] for r in rows])
     # each score is one evaluation: a difference of two has sqrt(2) x its noise
-    window = Trajectory([s / rows[0]['window_steps'][-1] for s in rows[0]['window_steps']],
-                        np.mean([r['window'] for r in rows], axis=0).tolist(),
+    n_points = min(len(r['window']) for r in rows)       # (the last ones: the end aligned)
+    window = Trajectory([s / rows[0]['window_steps'][-1] for s in rows[0]['window_steps'][-n_points:]],
+                        np.mean([r['window'][-n_points:] for r in rows], axis=0).tolist(),
                         math.sqrt(2) * noise.sd / math.sqrt(len(rows)), 1.0)
     judged = claim_verdict([r['D_K'] - r['lambda_star_upper_bound'] for r in rows], noise,
                            window, cv.failure_lines(checks), spread=measured_spread(

@@ -257,9 +257,11 @@ def measure(cfg, device, name, checks, steps=None, tenths=WINDOW, grid_path=None
     total = row['step']
     path = []
     for k, step in window(total, tenths):
-        point = row if step == total else chains.measure(cfg, folder, device, SAMPLE_SEEDS[0],
-                                                         f'iter-{step}')[0]
-        path.append(path_point(point, k))
+        if step == total:
+            path.append(path_point(row, k))
+        elif os.path.exists(os.path.join(folder, f'iter-{step}-model-ema.th')):   # (older runs
+            path.append(path_point(chains.measure(cfg, folder, device, SAMPLE_SEEDS[0],  # lack some)
+                                                  f'iter-{step}')[0], k))
     if grid_path:
         chains.sample_grid(outputs, 8, 3, grid_path)
     before = next((p for p in path if p['tenth'] == 8), path[0])
@@ -278,14 +280,12 @@ def measure(cfg, device, name, checks, steps=None, tenths=WINDOW, grid_path=None
 def trajectory(pairs, key, sign, noise):
     """The mean paired difference over the seeds at each tenth of WINDOW (as fractions of the
     runs), with the noise of one such value."""
-    per_seed = []
-    for a, b in pairs:
-        wa = [p[key] for p in a['path'] if p['tenth'] in WINDOW]
-        wb = [p[key] for p in b['path'] if p['tenth'] in WINDOW]
-        per_seed.append([sign * (y - x) for x, y in zip(wa, wb)])
-    values = np.mean(per_seed, axis=0).tolist()
-    tenths = [p['tenth'] for p in pairs[0][0]['path'] if p['tenth'] in WINDOW][:len(values)]
-    return Trajectory([t / 10 for t in tenths], values,
+    def at(row, k):
+        return next(p[key] for p in row['path'] if p['tenth'] == k)
+    tenths = sorted(set(WINDOW).intersection(*[{p['tenth'] for p in r['path']}
+                                               for pair in pairs for r in pair]))
+    values = [float(np.mean([sign * (at(b, k) - at(a, k)) for a, b in pairs])) for k in tenths]
+    return Trajectory([k / 10 for k in tenths], values,
                       math.sqrt(2) * noise.sd / math.sqrt(len(pairs)), 1.0)
 
 

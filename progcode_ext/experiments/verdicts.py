@@ -179,8 +179,9 @@ def settled(trajectory, difference):
     """(settled?, why) of a paired difference by the rule above."""
     steps = np.asarray(trajectory.steps, float)
     values = np.asarray(trajectory.values, float)
-    if len(steps) < 3:
-        raise ValueError('settledness needs the difference at 3 checkpoints or more')
+    if len(steps) < 3:          # (a run too short, or trained before checkpoints at every tenth)
+        return False, (f'the difference was measured at {len(steps)} checkpoint'
+                       f'{"s" * (len(steps) != 1)}; judging whether it settled needs 3')
     slope, intercept = np.polyfit(steps, values, 1)
     residual = values - (slope * steps + intercept)
     scatter = math.sqrt(float(residual @ residual) / (len(steps) - 2)) if len(steps) > 2 else 0.0
