@@ -321,7 +321,10 @@ def test_a_killed_rank_ends_the_run_and_the_checkpoint_resumes_exactly(tmp_path,
         assert 'stopped: rank 0 of 2 lost contact with rank 1' in text, text
         assert re.search(r'rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9', text), text
     else:
-        assert f'PID {pids[1]} RUNNING AT' in text and 'Killed (signal 9)' in text, text
+        # mpiexec names the first of the job's processes it sees end by signal 9: the killed
+        # rank, or the survivor it has just ended itself (seen once in CI): a pid of this run
+        assert any(f'PID {pid} RUNNING AT' in text for pid in pids.values()), text
+        assert 'Killed (signal 9)' in text, text
     assert 'vdvae/train.py' not in text             # no traceback of the survivor
 
     checkpoint.recover_checkpoint_set(run_dir)      # what --resume does first
