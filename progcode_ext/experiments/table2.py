@@ -513,7 +513,7 @@ def path_table(result):
         return []
     heads = models['progressive']
     lines = [f'| continued by | step | R_1 | R_2 | -ELBO | {metric} |', '|---|---|---|---|---|---|',
-             f"| (start: the headline chain) | 0 | "
+             "| (start: the headline chain) | 0 | "
              + ' | '.join(mean_std([r[k] for r in heads], d) for k, d in
                           (('rate_stage1', 4), ('rate_stage2', 4), ('elbo', 4),
                            ('sample_metric', 2))) + ' |']
