@@ -34,7 +34,7 @@ from vdvae.hps import comma_list
 from . import convergence as cv
 from . import codec, lpips_vs_mse, rd_curve, table1, table2
 from .cli import check_inputs, number, run_main
-from .machine import machine
+from .machine import commit, machine
 from .report import mean_std
 from .runs import say
 from .verdicts import RULE, SPREADS, record_spreads, stated
@@ -125,15 +125,6 @@ def run(argv):
         say(f'seed-to-seed spreads kept in {SPREADS} ({source})')
     return results
 
-
-def commit():
-    """The checkout's commit (short), or 'unknown'."""
-    import subprocess
-    try:
-        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
-                              text=True, cwd=os.path.dirname(__file__)).stdout.strip() or 'unknown'
-    except OSError:
-        return 'unknown'
 
 
 

@@ -27,3 +27,13 @@ def machine():
     gpu = f", GPU {info['gpu']}" if 'gpu' in info else ''
     return (f"{info['cpu']}, {info['cpu_count']} cores{gpu}; torch {info['torch']}, "
             f"Python {info['python']}")
+
+
+def commit():
+    """The checkout's commit (short), or 'unknown': where a measured number came from."""
+    import subprocess
+    try:
+        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                              text=True, cwd=os.path.dirname(__file__)).stdout.strip() or 'unknown'
+    except OSError:
+        return 'unknown'
