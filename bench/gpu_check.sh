@@ -5,7 +5,9 @@
 #      TF32 off, the model's random draws taken from the CPU generator; see tests/conftest.py), against
 #      upstream's recorded outputs in tests/reference;
 #   2. bench/bench.py, cifar10 preset, batch 16, on the GPU: fp32 (TF32 off), tf32, bf16, fp16;
-#   3. torch.compile against eager, fp32 and bf16.
+#   3. torch.compile against eager, fp32 and bf16;
+#   4. ensembles (vdvae/ensemble.py) against separate processes on the one GPU: the toy's VDVAE and
+#      stage 2, K = 1, 2, 4, 8, and the cifar10 VDVAE at batch 16, K = 1, 2, 4.
 # Then copy the printed figures, with the GPU's name from $OUT/gpu.json, into BENCHMARKS.md.
 # Exits non-zero if the parity tests failed (after running the benchmarks anyway).
 set -euo pipefail
@@ -55,6 +57,13 @@ for amp in fp32 bf16; do
         --json "$OUT/bench_cuda_cifar10_b16_${amp}_compile.json" \
         2>&1 | tee "$OUT/bench_cuda_cifar10_b16_${amp}_compile.txt"
 done
+
+# 4. Ensembles: model-steps per second, K models as one batched step or K processes sharing the GPU.
+"$PYTHON" bench/bench_ensemble.py --device cuda --kinds vdvae,stage2 --ks 1,2,4,8 --runs 2 \
+    --json "$OUT/bench_ensemble_cuda_mnist16.json" 2>&1 | tee "$OUT/bench_ensemble_cuda_mnist16.txt"
+"$PYTHON" bench/bench_ensemble.py --device cuda --hps cifar10 --n_batch 16 --kinds vdvae \
+    --ks 1,2,4 --runs 2 --json "$OUT/bench_ensemble_cuda_cifar10.json" \
+    2>&1 | tee "$OUT/bench_ensemble_cuda_cifar10.txt"
 
 if [ "$parity" -ne 0 ]; then
     echo "parity tests on CUDA FAILED (see $OUT/parity_cuda.txt)"

@@ -113,11 +113,14 @@ class LagrangianObjective(nn.Module):
 
     def forward(self, rate, distortion):
         """rate, distortion: scalars (batch means, per dimension)."""
-        eta = self.multiplier.weight()
+        # eta and the target as tensors (float64, cast as a Python float would be), not floats:
+        # an ensemble's members (vdvae/ensemble.py) each hold their own
+        eta = self.multiplier.eta
         constrained, other = (distortion, rate) if self.target == 'distortion' else (rate, distortion)
-        loss = (1 - eta) * other + eta * constrained
-        return dict(loss=loss, rate=rate, distortion=distortion, eta=torch.tensor(eta),
-                    constraint_violation=constrained.detach() - self.multiplier.target)
+        loss = (1 - eta).to(other.dtype) * other + eta.to(constrained.dtype) * constrained
+        target = self.multiplier.target_value.to(constrained.dtype)
+        return dict(loss=loss, rate=rate, distortion=distortion, eta=eta.float(),
+                    constraint_violation=constrained.detach() - target)
 
     def lagrangian_step(self, stats):
         """Ascent on eta from the (rank-averaged) stats of an applied update."""

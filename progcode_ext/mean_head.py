@@ -23,6 +23,11 @@ def psnr(mse):
     return 10 * math.log10(4.0 / mse) if mse > 0 else float('inf')
 
 
+def psnr_of(mse):
+    """`psnr` of a tensor, as a float32 tensor (computed in float64; an MSE of 0 gives inf)."""
+    return (10 * torch.log10(4.0 / mse.detach().double())).float()
+
+
 class MeanHead(nn.Module):
     """px_z (B, width, H, W) -> mean image, NHWC, on the target scale."""
 

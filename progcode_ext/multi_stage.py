@@ -280,8 +280,8 @@ class MultiStageHVAE(Model):
         loss = (nll + last['rate']).mean() if self.progressive else elbo
         if hasattr(self, 'updates') and self.training:
             # the warm-up's weight on R_1 (the -ELBO above stays what it is: the model's score)
-            weight = min(1.0, int(self.updates) / self.H.stage1_rate_warmup)
-            loss = loss - (1 - weight) * chain[0]['rate'].mean()
+            weight = (self.updates.double() / self.H.stage1_rate_warmup).clamp(max=1.0)
+            loss = loss - (1 - weight).to(loss.dtype) * chain[0]['rate'].mean()
         return dict(loss=loss, elbo=elbo, distortion=nll.mean(), nll=nll.mean(), rate=rate.mean(),
                     **stats)
 

@@ -3,19 +3,17 @@ mean head, trained lambda-optimally: minimise the rate R subject to MSE D <= lam
 (`--distortion_target`; the paper uses 0.0032 for SVHN and CelebA, 0.0064 for LSUN)."""
 import math
 
-import torch
-
 from vdvae.vae import VAE
 from vdvae.vae_helpers import rate_per_example
 
 from .lagrangian import LagrangianObjective
-from .mean_head import MeanHead, psnr
+from .mean_head import MeanHead, psnr_of
 
 
 def with_psnr(stats):
     """Add the MSE under its own name and PSNR (dB) beside a `distortion` that is an MSE on the
     [-1, 1] scale."""
-    return dict(stats, mse=stats['distortion'], psnr=torch.tensor(psnr(stats['distortion'].item())))
+    return dict(stats, mse=stats['distortion'], psnr=psnr_of(stats['distortion']))
 
 
 def multiplier_kwargs(H):

@@ -1,4 +1,5 @@
-"""bench/bench.py on a tiny model, and the CPU speed-ups keep the numerics."""
+"""bench/bench.py and bench/bench_ensemble.py on tiny models, and the CPU speed-ups keep the
+numerics."""
 import copy
 import importlib.util
 import json
@@ -12,10 +13,11 @@ from vdvae import VAE, get_hparams
 from vdvae import train_helpers
 
 BENCH = Path(__file__).resolve().parents[1] / 'bench' / 'bench.py'
+BENCH_ENSEMBLE = BENCH.parent / 'bench_ensemble.py'
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location('progcode_bench', BENCH)
+def load_bench(path=BENCH):
+    spec = importlib.util.spec_from_file_location(f'progcode_{path.stem}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -75,6 +77,25 @@ def exits_with_usage_error(capsys, fn, *args):
     line = err.strip().splitlines()[-1]
     assert ': error: ' in line, err
     return line
+
+
+@pytest.mark.slow
+def test_bench_ensemble_measures_both_ways(tmp_path):
+    """A kind (stage 2: on the stage-1 run the driver trains first) is timed as an ensemble and
+    as separate processes; the JSON holds both rates and their ratio."""
+    out = tmp_path / 'ensemble.json'
+    bench = load_bench(BENCH_ENSEMBLE)
+    assert bench.main(['--kinds', 'stage2', '--ks', '2', '--runs', '1', '--warmup', '1',
+                       '--steps', '1', '--n_batch', '2', '--cores', '1', '--json', str(out)]) == 0
+    kinds = json.loads(out.read_text())['kinds']
+    assert set(kinds) == {'stage2'}
+    for rows in kinds.values():
+        row = rows['2']
+        assert row['ensemble'] > 0 and row['separate'] > 0
+        assert row['ratio'] == pytest.approx(row['ensemble'] / row['separate'])
+        assert len(row['runs'][0]['separate_step_s']) == 2         # two processes
+    with pytest.raises(SystemExit, match='unknown stage9'):
+        bench.main(['--kinds', 'stage9'])
 
 
 def test_bench_rejects_unknown_config(capsys):

@@ -11,6 +11,7 @@ import pytest
 from progcode_ext.experiments import (chains, cli, convergence, demo, evaluate, lpips_vs_mse,
                                       profile, rd_curve, runs, stages, table1, table2)
 from progcode_ext.experiments.runs import ExperimentError, Run
+from vdvae.checkpoint import load_file
 from vdvae.errors import ConfigError
 
 
@@ -305,6 +306,53 @@ def test_parallel_runs_respect_dependencies_and_train_in_subprocesses(cfg, tmp_p
         assert os.path.exists(os.path.join(folders[name], 'iter-4-model-ema.th'))  # 4/5 of 5
     # each trained in its own one-thread process (2 cores / 2 jobs, or 1 where there is 1 core)
     assert os.path.getsize(tmp_path / 'runs' / 'c.out') >= 0
+
+
+@pytest.mark.parametrize('jobs', [1, 2])
+def test_the_planner_trains_same_shaped_runs_as_ensembles(tmp_path, jobs):
+    """--ensemble 2: the two seeds of each kind train as one ensemble (each of its runs an
+    ordinary folder, equal to the run trained alone to float rounding), a run of another shape
+    alone, the dependent stage 2s after their stage 1s; a finished plan is not re-run."""
+    cfg = demo.config(str(tmp_path), 'quick', jobs=jobs, ensemble=2)
+    cfg.train_flags += ' --n_batch 4'
+    plan = [Run(f'a{s}', 'mnist16_stage1', 3, ('--seed', str(s))) for s in (0, 1)]
+    plan += [Run(f'c{s}', 'mnist16_stage2', 3, ('--seed', str(s), '--stage1_path',
+                                                 str(tmp_path / 'runs' / f'a{s}')),
+                 after=(f'a{s}',)) for s in (0, 1)]
+    plan += [Run('v', 'mnist16', 3)]
+    folders = runs.run_all(cfg, plan)
+    for name in ('a0', 'a1', 'c0', 'c1', 'v'):
+        assert evaluate.run_steps(folders[name]) == 3
+    alone = demo.config(str(tmp_path / 'alone'), 'quick', jobs=1)
+    alone.train_flags = cfg.train_flags
+    runs.run_all(alone, [Run('a1', 'mnist16_stage1', 3, ('--seed', '1'))])
+    a = load_file(os.path.join(folders['a1'], 'latest-model.th'))
+    b = load_file(str(tmp_path / 'alone' / 'runs' / 'a1' / 'latest-model.th'))
+    assert max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point()) < 1e-4
+    if jobs == 2:       # each ensemble wrote one output file, named after its first run
+        assert {'a0.out', 'c0.out', 'v.out'} <= set(os.listdir(tmp_path / 'runs'))
+        assert not {'a1.out', 'c1.out'} & set(os.listdir(tmp_path / 'runs'))
+    assert runs.run_all(cfg, plan) == folders
+
+
+def test_ensemble_groups_only_runs_that_differ_in_what_members_may():
+    cfg = demo.config('/nonexistent', 'quick', ensemble=3)
+    same = [(Run(f's{i}', 'mnist16_stage1', 10, ('--seed', str(i), '--distortion_target',
+                                                   str(0.01 * (i + 1)))), 0) for i in range(4)]
+    other_lr = (Run('lr', 'mnist16_stage1', 10, ('--lr', '0.5')), 0)
+    other_steps = (Run('long', 'mnist16_stage1', 20), 0)
+    resumed = (Run('r', 'mnist16_stage1', 10, ('--seed', '9')), 5)
+
+    class Q:
+        waiting = [other_lr, *same, other_steps, resumed]
+    ready = list(Q.waiting)
+    group = runs.take_group(cfg, Q, ready)
+    assert [run.name for run, _ in group] == ['lr']
+    group = runs.take_group(cfg, Q, ready)
+    assert [run.name for run, _ in group] == ['s0', 's1', 's2']       # at most --ensemble
+    assert [run.name for run, _ in ready] == ['s3', 'long', 'r'] and ready == Q.waiting
+    cfg.ensemble = 1
+    assert len(runs.take_group(cfg, Q, ready)) == 1
 
 
 @pytest.mark.slow

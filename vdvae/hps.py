@@ -225,6 +225,9 @@ def add_vae_arguments(parser):
       help=_d('autocast precision; likelihood and KL stay float32'))
     a('--channels_last', action='store_true', help='channels-last memory format (faster convs)')
     a('--compile', action='store_true', help='torch.compile the model')
+    a('--ensemble', type=int, default=1,
+      help='train this many models (seeds --seed, --seed + 1, ...; runs DESC-seedS) in one '
+           'process as one batched computation (vdvae/ensemble.py)')
     a('--device', type=str, default=None, help=_d('torch device; None: cuda:LOCAL_RANK or cpu'))
     a('--collective_timeout', type=float, default=600,
       help=_d('seconds a rank waits for the others in a collective before it stops, naming the '
@@ -327,6 +330,7 @@ FLAG_RULES = {
     'num_epochs': count(), 'num_iters': optional(count(), 'train for --num_epochs'),
     'iters_per_ckpt': count(), 'iters_per_print': count(), 'iters_per_save': count(),
     'iters_per_images': count(), 'epochs_per_eval': count(), 'max_consecutive_skips': count(),
+    'ensemble': count(),
     'num_images_visualize': count(), 'num_variables_visualize': count(0),
     'num_temperatures_visualize': ('an integer from 0 to 4', lambda v: _integer(v) and 0 <= v <= 4),
     'image_size': optional(count(), 'from the dataset'),

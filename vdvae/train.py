@@ -9,6 +9,7 @@ previous checkpoint intact (docs/training.md, "Faults").
     mpiexec -n 8 python train.py --hps imagenet32             # upstream's launcher
     torchrun --nproc_per_node 8 train.py --hps imagenet32
     python train.py --hps cifar10 --desc run1 --resume       # continue save_dir/run1 exactly
+    python train.py --hps mnist16 --desc r --ensemble 3      # seeds 0-2 as one batched model
     python train.py --hps cifar10 --restore_ema_path X --test_eval
 
 Checkpoints use upstream's names (`latest-model.th`, `-model-ema.th`, `-opt.th`, `-log.jsonl`,
@@ -41,6 +42,7 @@ from vdvae.distributed import (all_reduce_mean, broadcast_from_main, cleanup, ex
                                is_collective_failure, leave_together, lost_rank_error,
                                match_gradient_layout, rank_processes, setup_distributed)
 from vdvae.errors import ConfigError, UserError
+from vdvae.ensemble import seed_members, train_ensemble
 from vdvae.evaluation import evaluate, load_batch
 from vdvae.hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams, read_hparams
 from vdvae.images import write_images
@@ -224,6 +226,8 @@ def main(argv=None):
 
 
 def train(H):
+    if H.ensemble != 1:
+        return train_ensemble(seed_members(H, H.ensemble))
     d = setup_distributed(H.port, H.device, H.collective_timeout)
     if d.device.type == 'cpu':
         keep_freed_memory()                 # about 6% faster CPU steps (BENCHMARKS.md)

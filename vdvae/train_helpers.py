@@ -109,6 +109,14 @@ def training_step(H, x_in, x_target, model, ema_model, optimizer, scaler=None, a
         stats = model(x_in, x_target)
     loss = stats['loss'] if 'loss' in stats else stats['elbo']
     (scaler.scale(loss) if scaling else loss).backward()
+    return apply_update(H, stats, model, ema_model, optimizer, scaler, reduce_stats, t0)
+
+
+def apply_update(H, stats, model, ema_model, optimizer, scaler=None, reduce_stats=None, t0=None):
+    """The rest of a training step once the gradients are in `model`'s parameters: unscale,
+    clip, and update and EMA unless the step is to be skipped (`training_step`). `stats`: the
+    forward's dict of tensors. An ensemble (vdvae/ensemble.py) calls it for each member."""
+    scaling = scaler is not None and scaler.is_enabled()
     if scaling:
         scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), H.grad_clip).item()
@@ -124,5 +132,6 @@ def training_step(H, x_in, x_target, model, ema_model, optimizer, scaler=None, a
         update_ema(model, ema_model, H.ema_rate)
     if scaling:
         scaler.update()
-    stats.update(grad_norm=grad_norm, skipped_updates=int(skip), iter_time=time.time() - t0)
+    stats.update(grad_norm=grad_norm, skipped_updates=int(skip),
+                 iter_time=time.time() - (t0 or time.time()))
     return stats

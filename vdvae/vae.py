@@ -24,6 +24,8 @@ def memory_format_of(t):
     contiguous), else torch.contiguous_format. The model keeps the layout its weights were given:
     `model.to(memory_format=torch.channels_last)` runs it channels-last (see BENCHMARKS.md), and
     the tensors it makes itself follow that layout so that operations never mix the two."""
+    if torch._C._functorch.is_batchedtensor(t):        # an ensemble's member (vdvae/ensemble.py)
+        return torch.contiguous_format
     if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format

@@ -6,8 +6,10 @@ upstream VDVAE operation by operation so that results agree to float rounding. P
 (no `torch.jit.script`, which is deprecated).
 """
 import math
+from contextlib import contextmanager
 
 import numpy as np
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -67,11 +69,34 @@ def rate_per_example(block_stats, ndims):
     return sum(s['kl'].sum(dim=(1, 2, 3)) for s in block_stats) / ndims
 
 
+# Where the posterior's and prior's eps come from: None, torch's global generator (upstream's
+# draws); or a function `like -> eps` set by `noise_from` (an ensemble: each member its own).
+_noise_source = None
+
+
+@contextmanager
+def noise_from(source):
+    """Within the block, `standard_normal(like)` returns `source(like)`."""
+    global _noise_source
+    before, _noise_source = _noise_source, source
+    try:
+        yield
+    finally:
+        _noise_source = before
+
+
+def standard_normal(like, generator=None):
+    """A fresh N(0, 1) tensor of `like`'s shape, dtype and device, NCHW-contiguous (not
+    empty_like, which copies a channels-last layout: normal_ fills memory in order, so this keeps
+    the seeded draws the same for a channels-last model)."""
+    if _noise_source is not None and generator is None:
+        return _noise_source(like)
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device).normal_(
+        0.0, 1.0, generator=generator)
+
+
 def draw_gaussian_diag_samples(mu, logsigma):
-    # A fresh NCHW-contiguous eps (not empty_like, which copies mu's layout): normal_ fills memory
-    # in order, so this keeps the seeded draws the same for a channels-last model.
-    eps = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device).normal_(0.0, 1.0)
-    return torch.exp(logsigma) * eps + mu
+    return torch.exp(logsigma) * standard_normal(mu) + mu
 
 
 # ------------------------------------------------------------------------------------------------

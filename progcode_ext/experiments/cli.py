@@ -26,6 +26,9 @@ def parse(argv, description, add_arguments=None, metrics=()):
       'are checked on every seed and reported as mean +- std (default: %(default)s)')
     a('--jobs', type=number(1), default=1, help='runs trained at once (subprocesses, cores / jobs '
       'threads each); 1: one after the other (default: %(default)s)')
+    a('--ensemble', type=number(1), default=1, help='train up to this many same-shaped runs '
+      '(seeds, targets) as one batched computation, one job (vdvae/ensemble.py); whether it pays '
+      'depends on the device: on 2 CPU cores it does not (BENCHMARKS.md) (default: %(default)s)')
     a('--lr_decay', action='store_true',
       help='every run\'s lr decays along a cosine to 0 at its last step (--lr_decay_iters): '
       'short runs settle within their budget (the toy protocol does this)')

@@ -59,12 +59,13 @@ def default_jobs():
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def config(out, scale, jobs=None):
+def config(out, scale, jobs=None, ensemble=1):
     return argparse.Namespace(hps='mnist16', out=out, train_flags=RUN_FLAGS, device='cpu',
                               checkpoint=None, distortion_target=None, sample_batch=250,
                               n_reference=50000, fid_weights=None, lpips_weights=None,
                               lpips_net='alex', allow_standin=True, metrics_cache=None,
-                              jobs=jobs or default_jobs(), scale=scale, loop='progcode',
+                              jobs=jobs or default_jobs(), ensemble=ensemble, scale=scale,
+                              loop='progcode',
                               **SCALES[scale])
 
 
@@ -83,6 +84,10 @@ def run(argv):
     parser.add_argument('--out', default='demo-out', help='output folder (default: %(default)s)')
     parser.add_argument('--jobs', type=number(1), default=None,
                         help='models trained at once (default: one per core, at most 8)')
+    parser.add_argument('--ensemble', type=number(1), default=1,
+                        help='train up to this many same-shaped runs as one ensemble '
+                             '(vdvae/ensemble.py; on 2 CPU cores slower than --jobs: '
+                             'BENCHMARKS.md) (default: %(default)s)')
     parser.add_argument('--seeds', type=comma_list(int), default=None,
                         help="the seeds of Tables 1 and 2, e.g. 0,1,2 (default: the mode's)")
     parser.add_argument('--record_spread', action='store_true',
@@ -91,7 +96,7 @@ def run(argv):
                              'seed_spread.json, for the 1-seed verdicts of the same steps')
     args = parser.parse_args(argv)
     scale = 'full' if args.full else 'quick' if args.quick else 'default'
-    cfg = config(args.out, scale, args.jobs)
+    cfg = config(args.out, scale, args.jobs, args.ensemble)
     if args.seeds is not None:
         if not args.seeds or len(set(args.seeds)) != len(args.seeds):
             raise ConfigError(f'--seeds {args.seeds}: give at least one seed, each once')

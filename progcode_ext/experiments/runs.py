@@ -13,6 +13,10 @@ chain's stage 2 after the run of its stage 1):
 * `cfg.jobs` = N > 1: up to N runs at once, each a `train.py` process with cores / N threads.
   Small models train faster this way: on 2 CPU cores, two one-thread processes make about 1.6x
   the steps of one two-thread process (BENCHMARKS.md). The longest chain of work starts first.
+* `cfg.ensemble` = K > 1: runs that are ready at the same time and differ only in what an
+  ensemble's members may differ in (seed, targets, the runs they build on: `vdvae.ensemble`)
+  train up to K at a time as one ensemble, one job (`python -m vdvae.ensemble`). Where that
+  pays depends on the device: on 2 CPU cores it does not (BENCHMARKS.md, "Ensembles").
 """
 import argparse
 import os
@@ -228,26 +232,55 @@ def _command(cfg, run, done):
     return run_argv(cfg, run) + (['--resume'] if done else [])
 
 
+def ensemble_key(cfg, run, done):
+    """What the runs of one ensemble share: everything but `vdvae.ensemble.PER_MEMBER`, and
+    whether they resume."""
+    from vdvae.ensemble import PER_MEMBER
+    H = parse_flags(add_vae_arguments(argparse.ArgumentParser()), _command(cfg, run, done))
+    return (bool(done), repr(sorted((k, v) for k, v in H.items() if k not in PER_MEMBER)))
+
+
+def take_group(cfg, queue, ready):
+    """The first ready run and, with `cfg.ensemble` = K > 1, up to K - 1 more ready runs that can
+    train with it as one ensemble; taken off the queue."""
+    size = 1 if upstream_loop(cfg) else max(1, getattr(cfg, 'ensemble', 1) or 1)
+    group = [ready[0]]
+    if size > 1:
+        key = ensemble_key(cfg, *ready[0])
+        group += [item for item in ready[1:] if ensemble_key(cfg, *item) == key][:size - 1]
+    for item in group:
+        queue.waiting.remove(item)
+        ready.remove(item)
+    return group
+
+
+def group_name(group):
+    return group[0][0].name if len(group) == 1 else '+'.join(run.name for run, _ in group)
+
+
 def _run_sequentially(cfg, queue, jobs):
     while queue.waiting or queue.then:
         ready = queue.ready()
         if not ready:
             break
-        run, done = ready[0]
-        queue.waiting.remove((run, done))
-        _announce(run, done)
+        group = take_group(cfg, queue, ready)
+        for run, done in group:
+            _announce(run, done, f' (an ensemble of {len(group)})' * (len(group) > 1))
         start = time.time()
-        if os.environ.get('LAUNCH') or upstream_loop(cfg):
+        if len(group) > 1:
+            from vdvae.ensemble import main
+            rc = main([shlex.join(_command(cfg, run, done)) for run, done in group])
+        elif os.environ.get('LAUNCH') or upstream_loop(cfg):
             launcher = shlex.split(os.environ.get('LAUNCH', '')) or [sys.executable]
-            rc = subprocess.call(launch_command(cfg, run, done, launcher))
+            rc = subprocess.call(launch_command(cfg, *group[0], launcher))
         else:
             from vdvae.train import main
-            rc = main(_command(cfg, run, done))
+            rc = main(_command(cfg, *group[0]))
         if rc != 0:
-            raise ExperimentError(f'run {run.name} failed (exit {rc}); see '
-                                  f'{run_dir(cfg, run.name)}/log.txt')
-        say(f'{run.name}: done in {time.time() - start:.0f} s')
-        queue.finished.add(run.name)
+            raise ExperimentError(f'run {group_name(group)} failed (exit {rc}); see '
+                                  f'{run_dir(cfg, group[0][0].name)}/log.txt')
+        say(f'{group_name(group)}: done in {time.time() - start:.0f} s')
+        queue.finished.update(run.name for run, _ in group)
     _check_all_ran(queue)
 
 
@@ -267,17 +300,22 @@ def _run_in_parallel(cfg, queue, jobs):
         while queue.waiting or running or queue.then:
             ready = queue.ready()
             while ready and len(running) < jobs:
-                run, done = ready.pop(0)
-                queue.waiting.remove((run, done))
-                _announce(run, done, f' ({threads} thread{"s" * (threads > 1)})')
-                output = open(os.path.join(cfg.out, 'runs', f'{run.name}.out'), 'w')
-                process = subprocess.Popen(launch_command(cfg, run, done, [sys.executable]),
-                                           stdout=output, stderr=subprocess.STDOUT, env=env)
-                running[run.name] = (run, process, output, time.time())
+                group = take_group(cfg, queue, ready)
+                for run, done in group:
+                    _announce(run, done, f' ({threads} thread{"s" * (threads > 1)}'
+                              + (f', an ensemble of {len(group)})' if len(group) > 1 else ')'))
+                name = group_name(group)
+                output = open(os.path.join(cfg.out, 'runs', f'{group[0][0].name}.out'), 'w')
+                command = (launch_command(cfg, *group[0], [sys.executable]) if len(group) == 1
+                           else [sys.executable, '-m', 'vdvae.ensemble',
+                                 *[shlex.join(_command(cfg, *item)) for item in group]])
+                process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                           env=env)
+                running[name] = ([run for run, _ in group], process, output, time.time())
             if not running:
                 _check_all_ran(queue)
             time.sleep(0.2)
-            for name, (run, process, output, start) in list(running.items()):
+            for name, (group, process, output, start) in list(running.items()):
                 if process.poll() is None:
                     continue
                 output.close()
@@ -287,9 +325,9 @@ def _run_in_parallel(cfg, queue, jobs):
                         f'run {name} failed (exit {process.returncode}): '
                         + _tail(output.name) + f' (whole output: {output.name})')
                 say(f'{name}: done in {time.time() - start:.0f} s')
-                queue.finished.add(name)
+                queue.finished.update(run.name for run in group)
     finally:
-        for run, process, output, _ in running.values():
+        for _, process, output, _ in running.values():
             process.terminate()
             process.wait()
             output.close()
