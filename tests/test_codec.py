@@ -4,9 +4,13 @@ so that a prefix cut after a whole chunk decodes and any other damage is one Cod
 is bit-exact on the whole validation split, each prefix decodes to its x_hat_k, and a fresh
 process with another thread count decodes the same bytes. (Bad command lines:
 tests/test_bad_inputs.py.)"""
+import json
 import os
+import re
+import struct
 import subprocess
 import sys
+import zlib
 
 import imageio.v3 as iio
 import numpy as np
@@ -35,8 +39,9 @@ TRAIN = ['--num_iters', '3', '--iters_per_save', '3', '--quiet', '--num_images_v
 # The container, with made-up chunks
 
 HEADER = dict(image_shape=[4, 4, 1], n_images=2, n_chunks=3, bin_width=0.5,
-              weights_sha256='ab' * 32, determinism='test')
-CHUNKS = [b'first chunk', b'', b'the third and last chunk']
+              weights_sha256='ab' * 32, decoded_sha256=['cd' * 32, 'ef' * 32, '01' * 32],
+              batch=100, param_grid_log2=-20, versions=dict(torch='2.0'), determinism='test')
+CHUNKS = [b'first chunk!', b'2nd.', b'the third and last chunk']      # whole 4-byte words
 
 
 def test_a_file_reads_back_and_each_whole_chunk_prefix_is_valid():
@@ -70,6 +75,100 @@ def test_every_flipped_byte_is_one_codec_error():
             unpack(bytes(damaged))
     with pytest.raises(CodecError, match='after its last chunk'):
         unpack(data + b'\0')
+
+
+def with_header(text, chunks=CHUNKS):
+    """A file of header text `text` (bytes as they are, or a dict as JSON) and `chunks`, with
+    every CRC right: what reaches the header's checks."""
+    if not isinstance(text, bytes):
+        text = json.dumps(text).encode()
+    out = [container.MAGIC, bytes([container.VERSION]), struct.pack('<I', len(text)), text,
+           struct.pack('<I', zlib.crc32(text))]
+    for chunk in chunks:
+        out += [struct.pack('<II', len(chunk), zlib.crc32(chunk)), chunk]
+    return b''.join(out)
+
+
+@pytest.mark.parametrize('length', [0, 1, 3, 5, 10])
+def test_a_chunk_no_range_coder_writes_is_refused_before_it_is_read(length):
+    chunk = bytes(range(length))
+    with pytest.raises(CodecError, match=f"chunk 2's length field says {length} bytes"):
+        unpack(with_header(HEADER, [CHUNKS[0], chunk, CHUNKS[2]]))
+    with pytest.raises(ValueError, match='whole 4-byte words'):
+        pack(HEADER, [CHUNKS[0], chunk, CHUNKS[2]])
+
+
+BAD_HEADERS = [
+    ('n_images', True, "n_images is true, not a whole number"),
+    ('n_images', 2.0, 'n_images is 2.0'),
+    ('n_images', 0, 'n_images is 0'),
+    ('n_chunks', -3, 'n_chunks is -3'),
+    ('batch', False, 'batch is false'),
+    ('batch', 0, 'batch is 0'),
+    ('param_grid_log2', -20.0, 'param_grid_log2 is -20.0'),
+    ('param_grid_log2', '-20', 'param_grid_log2 is "-20"'),
+    ('image_shape', [4, 4, 2], 'image_shape is'),
+    ('image_shape', [4, 4], 'image_shape is'),
+    ('image_shape', [4, True, 1], 'image_shape is'),
+    ('image_shape', [4.0, 4, 1], 'image_shape is'),
+    ('bin_width', 0.0, 'bin_width is 0.0'),
+    ('bin_width', -1.5, 'bin_width is -1.5'),
+    ('bin_width', 1, 'bin_width is 1,'),
+    ('bin_width', 'wide', 'bin_width is "wide"'),
+    ('weights_sha256', 'AB' * 32, 'weights_sha256 is'),
+    ('weights_sha256', 'ab' * 31, 'weights_sha256 is'),
+    ('decoded_sha256', 'cd' * 32, 'decoded_sha256 is'),
+    ('decoded_sha256', ['cd' * 32, 'ef' * 32, 1], 'decoded_sha256 is'),
+    ('decoded_sha256', ['cd' * 32] * 2, 'lists 2 decoded_sha256 for 3 chunks'),
+    ('versions', ['2.0'], 'versions is'),
+    ('versions', {'torch': 2}, 'versions is'),
+    ('determinism', None, 'determinism is null'),
+    ('determinism', ['x' * 100], 'determinism is ["xxx'),
+]
+
+
+@pytest.mark.parametrize('field, value, message', BAD_HEADERS,
+                         ids=[f'{f}={v!r}'[:40] for f, v, _ in BAD_HEADERS])
+def test_each_header_field_is_checked_for_its_type_and_range(field, value, message):
+    with pytest.raises(CodecError, match=re.escape(message)):
+        unpack(with_header(dict(HEADER, **{field: value})))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pack(dict(HEADER, **{field: value}), CHUNKS)           # never written either
+
+
+@pytest.mark.parametrize('text, message', [
+    (json.dumps(dict(HEADER, extra=1)), 'unknown fields "extra"'),
+    (json.dumps({k: v for k, v in HEADER.items() if k != 'batch'}), 'lacks batch'),
+    ('[1, 2, 3]', 'a JSON array, not an object'),
+    ('"header"', 'a JSON string, not an object'),
+    ('null', 'a JSON null, not an object'),
+    ('', 'not valid JSON'),
+    ('{"n_images": 1, "n_images": 2}', 'not valid JSON (a field is repeated)'),
+    (json.dumps(HEADER).replace('0.5', 'NaN'), 'not valid JSON (NaN'),
+    (json.dumps(HEADER).replace('0.5', '1e999'), 'bin_width is Infinity'),
+    ('[' * 10000 + ']' * 10000, 'not valid JSON'),
+    (b'{"n_images": "\xff"}', 'not valid JSON'),
+    (json.dumps(HEADER).encode('utf-16'), 'not valid JSON'),
+    (json.dumps(HEADER) + ' {}', 'not valid JSON'),
+])
+def test_a_header_that_is_no_json_object_of_these_fields_is_one_error(text, message):
+    text = text if isinstance(text, bytes) else text.encode()
+    with pytest.raises(CodecError, match=re.escape(message)):
+        unpack(with_header(text))
+
+
+def test_the_chunks_bound_the_number_of_images():
+    """A top-down pass of up to `batch` images writes at least one bit into every chunk: the
+    smallest chunk (4 bytes) holds at most batch * 32 images."""
+    most = HEADER['batch'] * 8 * 4
+    assert unpack(with_header(dict(HEADER, n_images=most)))[0]['n_images'] == most
+    with pytest.raises(CodecError, match=f"claims {most + 1} images but chunk 2's 4 bytes can "
+                                         f'hold at most {most}'):
+        unpack(with_header(dict(HEADER, n_images=most + 1)))
+    header = dict(HEADER, n_images=40)
+    container.check_n_images(header, CHUNKS, [8, 1, 1])        # chunk 1: 96 bits, 12 passes
+    with pytest.raises(CodecError, match="chunk 1's 12 bytes can hold at most 1200"):
+        container.check_n_images(dict(header, n_images=1201), CHUNKS, [8, 1, 1])
 
 
 def test_the_weights_hash_sees_every_weight_but_not_the_dtype():
@@ -121,6 +220,49 @@ def test_the_file_codec_ties_a_file_to_its_model():
         next(model.parameters()).view(-1)[0] += 1
     with pytest.raises(CodecError, match='another model'):
         FileCodec(model, FakeCoder()).decompress(data)
+
+
+def fake_file():
+    torch.manual_seed(0)
+    model = VAE(get_hparams('mnist16', **TINY))
+    images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 1), dtype=np.uint8)
+    return model, images, FileCodec(model, FakeCoder()).compress(images)[0]
+
+
+def test_the_file_codec_returns_only_the_pictures_the_encoder_made(monkeypatch):
+    model, images, data = fake_file()
+    header, _ = unpack(data)
+    assert header['decoded_sha256'] == [container.decoded_hash(FakeCoder.x_hat(images, k))
+                                        for k in (1, 2)] + [container.decoded_hash(images)]
+    decode = FakeCoder.decode
+
+    def one_pixel_off(self, chunks, n, k):
+        out = decode(self, chunks, n)
+        pictures = out['x_hats'] + [out['images']]
+        pictures[k] = pictures[k].copy()
+        pictures[k][0, 0, 0, 0] ^= 1
+        return dict(x_hats=pictures[:2], images=pictures[2])
+    for k in range(3):
+        monkeypatch.setattr(FakeCoder, 'decode',
+                            lambda self, c, n, k=k: one_pixel_off(self, c, n, k))
+        with pytest.raises(CodecError, match=f'chunk {k + 1} decoded to other pictures .* '
+                                             'incompatible build: it records torch '):
+            FileCodec(model, FakeCoder()).decompress(data)
+    monkeypatch.setattr(FakeCoder, 'decode',
+                        lambda self, c, n: dict(decode(self, c, n), exhausted=[True, False, True]))
+    with pytest.raises(CodecError, match="chunk 2's range decoder did not end at the chunk's end"):
+        FileCodec(model, FakeCoder()).decompress(data)
+    assert FileCodec(model, FakeCoder()).decompress(data, stages=1)['chunks'] == 1
+
+
+def test_a_file_of_other_format_constants_is_refused():
+    model, _, data = fake_file()
+    header, chunks = unpack(data)
+    for field, value in (('batch', 99), ('param_grid_log2', -21)):
+        with pytest.raises(CodecError, match=f'written with {field} {value}; this program codes '
+                                             f'with {field} {header[field]}'):
+            FileCodec(model, FakeCoder()).decompress(with_header(dict(header, **{field: value}),
+                                                                 chunks))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -58,6 +58,20 @@ def test_lossless_and_every_prefix_gives_the_encoders_x_hat(chain, batch):
     assert info['latent_bits'][0] > 8 and info['pixel_bits'] > 0
 
 
+def test_the_encoder_draws_nothing_at_random(chain):
+    """Which channels are coded follows from the closed-loop pass's own KLs: the same images give
+    the same bytes whatever the global random state (the mask once came from a posterior pass
+    that sampled its latents)."""
+    x = images()
+    codec = ProgressiveCodec(chain)
+    torch.manual_seed(0)
+    first, _ = codec.encode(x)
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    assert codec.encode(x)[0] == first
+    assert torch.equal(torch.get_rng_state(), state)          # not one draw
+
+
 def test_another_model_cannot_decode_it(chain):
     x = images()
     chunks, _ = ProgressiveCodec(chain).encode(x)
@@ -118,7 +132,9 @@ def test_pixel_bits_are_the_mixtures_own_likelihood(chain, channels):
     bits = codec.code_pixels(stage, None, coder, x)
     target = (torch.from_numpy(x).double() - 127.5) / 127.5
     nats = discretized_mix_logistic_loss(target, params).sum().item() * 25 * channels
-    assert bits == pytest.approx(nats / math.log(2), rel=1e-6)
+    # to the integer tables' approximation (parameters on a grid of 2^-10, the logistic
+    # interpolated; progcode_ext/codec/integer.py): 4e-6 here
+    assert bits == pytest.approx(nats / math.log(2), rel=1e-4)
     decoder = constriction.stream.queue.RangeDecoder(coder.get_compressed())
     assert np.array_equal(codec.code_pixels(stage, None, decoder, None, n), x)
 

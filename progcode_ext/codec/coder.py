@@ -7,8 +7,9 @@ are the prior's mean and std given the z_hat's before (and, for stage k > 1, x_h
 bin width in prior stds, and k = round((mu_q - m) / (b sigma)) the posterior mean's offset in bins.
 k is coded under the prior's Gaussian discretised to those bins (std 1 / b around 0), so a chunk
 costs about -log2 p(z_hat) and the picture decoded from a prefix is the one the encoder computed.
-Latent channels that carry nothing about the batch (mean KL below `active_kl`) stay at the prior
-mean; which ones is sent first (a bit per channel per block). This is not bits-back coding: the gap
+Latent channels that carry nothing about the batch (mean KL below `active_kl` in the closed-loop
+pass itself: no random draw anywhere in the encoder) stay at the prior mean; which ones is sent
+first (a bit per channel per block). This is not bits-back coding: the gap
 to the -ELBO is the price of quantising the latents.
 
 Pixels. After the last stage's latents, each 8-bit pixel is coded under the mixture of logistics
@@ -17,24 +18,26 @@ channels already decoded (one component choice for R, G and B, as the model defi
 product of the three is the model's own joint probability of the pixel.
 
 Determinism. Encoder and decoder must compute the same probabilities to the bit. The networks run
-in float64, and what the coder uses (prior means and log-stds, the mixture's parameters) is
-rounded to a grid of PARAM_GRID before use: float64 rounding differences (another thread count,
-another CPU) are about 1e-15, so they change a rounded value only when it lies within that of a
-grid point (about 1e-9 of the values). Images are coded in batches of `batch` in file order, the
-same on both sides.
+in float64, and what the coder takes from them (prior means and log-stds, the mixture's
+parameters) is rounded to a grid of PARAM_GRID; from there on everything is integer arithmetic
+(integer.py: the pixels' and the latents' probabilities as exact counts). The rounding is not
+exact by construction (a value within a float difference of a boundary rounds differently on
+another machine: docs/codec.md measures how close they come), so every decode is verified
+against the SHA-256 of what the encoder made (files.py). Images are coded in batches of `batch`
+in file order, the same on both sides.
 """
 import copy
 
 import numpy as np
 import torch
-from scipy.special import ndtr
-
 import constriction
 
 from vdvae.data import make_preprocess
 from vdvae.errors import ConfigError
+from vdvae.vae_helpers import gaussian_analytical_kl
 
 from ..mean_head import picture
+from .integer import COUNT_BITS, PixelModel, gaussian_counts
 
 # Defaults chosen by measurement on the toy's two-stage chain (docs/codec.md): the widest bin whose
 # x_hat_1 stays within 10% of stage 1's MSE target, and the KL threshold below which leaving a
@@ -45,8 +48,6 @@ PARAM_GRID = 2.0 ** -20
 SYMBOL_RANGE = 2 ** 12            # offsets beyond +-this many bins are clipped (closed loop: exact)
 BATCH = 100                       # images per top-down pass, the same on both sides
 PIXEL_CHUNK = 2048                # pixels per probability table computed at once (memory)
-HALF_BIN = 1.0 / 255.0
-EDGES = (np.arange(255, dtype=np.float64) - 127.5) / 127.5 + HALF_BIN      # bin v ends at EDGES[v]
 
 
 def on_grid(t):
@@ -66,15 +67,9 @@ def chain_stages(model):
                       f'not {type(model).__name__}')
 
 
-def bits_of(p):
-    """-log2 p, summed; at most 24 bits a symbol, as the coder gives every symbol at least 2^-24
-    of its probability (constriction's default precision)."""
-    return float(-np.log2(np.maximum(p, 2.0 ** -24)).sum())
-
-
-def gaussian_bits(k, std):
-    """-log2 of the probability of offsets k under N(0, std) discretised to unit bins."""
-    return bits_of(ndtr((k + 0.5) / std) - ndtr((k - 0.5) / std))
+def bits_of(counts):
+    """-log2 of the probabilities counts / 2^COUNT_BITS, summed: what the range coder spends."""
+    return float(COUNT_BITS * np.size(counts) - np.log2(np.asarray(counts, np.float64)).sum())
 
 
 class ProgressiveCodec:
@@ -112,22 +107,19 @@ class ProgressiveCodec:
             xs = block._update(xs, x_next, z)
         return dec.final_fn(xs[self.H.image_size])
 
-    def active_channels(self, stage, acts, x_prev):
-        """Per decoder block, which latent channels carry information about this batch: mean
-        KL(q || p) per element above ACTIVE_KL nats in a posterior pass. The others (VDVAE leaves
-        many unused: there q = p) are set to the prior mean and cost nothing; coding them would
-        cost about log2(sigma_p / bin) bits each and say nothing."""
-        cond = stage.cond_encoder(x_prev) if x_prev is not None else None
-        _, stats = stage.decoder(acts, cond=cond)
-        return [(st['kl'].mean(dim=(0, 2, 3)) > self.active_kl).numpy() for st in stats]
+    def active_channels(self, qm, qv, pm, pv):
+        """Which latent channels of a block carry information about this batch: mean KL(q || p)
+        per element above ACTIVE_KL nats, from the closed-loop pass itself (the posterior and
+        the prior given the z_hat's before), with no random draw, so that the same images give
+        the same mask, and bytes, in any process. The others (VDVAE leaves many unused: there
+        q = p) are set to the prior mean and cost nothing; coding them would cost about
+        log2(sigma_p / bin) bits each and say nothing."""
+        kl = gaussian_analytical_kl(qm, pm, qv, pv)
+        return (kl.mean(dim=(0, 2, 3)) > self.active_kl).numpy()
 
     def bins(self, logsd):
         """Each latent's bin: bin_width of its prior's std wide."""
         return self.bin_width * torch.exp(logsd)
-
-    def stds(self, logsd):
-        """The prior's std in bins, as the coder's model takes it."""
-        return np.full(logsd.numel(), 1.0 / self.bin_width)
 
     # -- encoding ---------------------------------------------------------------------------------
 
@@ -147,21 +139,19 @@ class ProgressiveCodec:
             for s, stage in enumerate(self.stages):
                 acts = stage.encoder(x_in if x_prev is None else
                                      torch.cat([x_in, x_prev.to(x_in.dtype)], dim=-1))
-                masks = iter(self.active_channels(stage, acts, x_prev))
                 bits = []
 
-                def latent(block, x, pm, pv, acts=acts, coder=coders[s], bits=bits, masks=masks):
-                    active = next(masks)
+                def latent(block, x, pm, pv, acts=acts, coder=coders[s], bits=bits):
+                    qm, qv = block.enc(torch.cat([x, acts[block.base]], dim=1)).chunk(2, dim=1)
+                    active = self.active_channels(qm, qv, pm, pv)
                     coder.encode(active.astype(np.int32), self.bit)
                     bits.append(float(active.size))
-                    qm = block.enc(torch.cat([x, acts[block.base]], dim=1)).chunk(2, dim=1)[0]
                     width = self.bins(pv)
                     k = torch.clamp(torch.round((qm - pm) / width), -SYMBOL_RANGE, SYMBOL_RANGE)
                     k[:, torch.from_numpy(~active)] = 0
                     symbols = k[:, torch.from_numpy(active)].numpy().ravel().astype(np.int32)
-                    std = self.stds(pv[:, torch.from_numpy(active)])
-                    coder.encode(symbols, self.gaussian, np.zeros_like(std), std)
-                    bits.append(gaussian_bits(symbols, std))
+                    coder.encode(symbols + SYMBOL_RANGE, self.gaussian)
+                    bits.append(bits_of(self.latent_counts[symbols + SYMBOL_RANGE]))
                     return pm + width * k
 
                 px_z = self.run_stage(stage, n, x_prev, latent)
@@ -195,10 +185,10 @@ class ProgressiveCodec:
                 def latent(block, x, pm, pv, coder=coder):
                     active = torch.from_numpy(
                         coder.decode(self.bit, block.zdim).astype(bool))
-                    std = self.stds(pv[:, active])
                     k = torch.zeros_like(pm)
-                    k[:, active] = torch.from_numpy(coder.decode(
-                        self.gaussian, np.zeros_like(std), std).astype(np.float64)).reshape(
+                    symbols = coder.decode(self.gaussian, k[:, active].numel())
+                    k[:, active] = torch.from_numpy(
+                        (symbols.astype(np.int64) - SYMBOL_RANGE).astype(np.float64)).reshape(
                             k[:, active].shape)
                     return pm + self.bins(pv) * k
 
@@ -208,8 +198,10 @@ class ProgressiveCodec:
                     x_hats[s].append(picture(x_prev))
                 else:
                     images.append(self.code_pixels(stage, px_z, coder, None, m))
+        # a decoder that did not end exactly where its chunk ends decoded something else
         return dict(x_hats=[np.concatenate(x) for x in x_hats],
-                    images=np.concatenate(images) if images else None)
+                    images=np.concatenate(images) if images else None,
+                    exhausted=[coder.maybe_exhausted() for coder in coders])
 
     # -- pixels -----------------------------------------------------------------------------------
 
@@ -218,59 +210,50 @@ class ProgressiveCodec:
         return constriction.stream.model.Uniform(2)
 
     @property
+    def latent_counts(self):
+        """Counts of the offsets -SYMBOL_RANGE .. SYMBOL_RANGE (integer.gaussian_counts)."""
+        return gaussian_counts(self.bin_width, SYMBOL_RANGE)
+
+    @property
     def gaussian(self):
-        return constriction.stream.model.QuantizedGaussian(-SYMBOL_RANGE, SYMBOL_RANGE)
+        """A latent's offset from its prior mean, in bins: the prior discretised, as exact counts."""
+        return constriction.stream.model.Categorical(self.latent_counts / float(1 << COUNT_BITS),
+                                                     perfect=False)
 
     def mixture_params(self, stage, px_z):
-        """(logits (P, M), means, inverse scales (P, C, M), coefficients (P, 3, M) or None) of
-        every pixel, from the grid-rounded mixture parameters, float64 NumPy."""
+        """(logits (P, M), means, log-scales (P, C, M), raw coefficients (P, 3, M) or None) of
+        every pixel: the mixture's parameters rounded to the grid, as integers of PARAM_GRID."""
         l = on_grid(stage.decoder.out_net(px_z)).numpy()
+        l = np.rint(l / PARAM_GRID).astype(np.int64).reshape(-1, l.shape[-1])    # exact
         c, m = self.H.image_channels, self.mixtures
-        l = l.reshape(-1, l.shape[-1])
-        logits = l[:, :m]
         rest = l[:, m:].reshape(len(l), c, -1)
-        means, log_scales = rest[..., :m], np.maximum(rest[..., m:2 * m], -7.0)
-        coeffs = np.tanh(rest[..., 2 * m:3 * m]) if c == 3 else None
-        return logits, means, np.exp(-log_scales), coeffs
+        return (l[:, :m], rest[..., :m], rest[..., m:2 * m],
+                rest[..., 2 * m:3 * m] if c == 3 else None)
 
     def code_pixels(self, stage, px_z, coder, images=None, n=None):
         """Encode `images` (uint8 NHWC) with `coder`, returning their ideal bits; or, without
-        images, decode n images and return them."""
-        logits, means, inv_scales, coeffs = self.mixture_params(stage, px_z)
+        images, decode n images and return them. Each channel under the mixture given the
+        channels before, as integer counts (integer.PixelModel)."""
+        params = self.mixture_params(stage, px_z)
         c = self.H.image_channels
-        values = (images.reshape(-1, c) if images is not None else
-                  np.zeros((len(logits), c), dtype=np.int32))
-        category = constriction.stream.model.Categorical(perfect=False)
+        values = (images.reshape(-1, c).astype(np.int64) if images is not None else
+                  np.zeros((len(params[0]), c), dtype=np.int64))
         bits = 0.0
-        for start in range(0, len(logits), PIXEL_CHUNK):
+        for start in range(0, len(values), PIXEL_CHUNK):
             sl = slice(start, start + PIXEL_CHUNK)
-            # log weights of the components given the channels decoded so far
-            log_w = logits[sl] - logits[sl].max(axis=1, keepdims=True)
-            x = np.zeros((log_w.shape[0], c))
+            model = PixelModel(*[None if p is None else p[sl] for p in params])
             for ch in range(c):
-                mu = means[sl, ch]
-                if ch > 0:
-                    mu = mu + coeffs[sl, ch - 1 if ch == 1 else 1] * x[:, :1]
-                if ch == 2:
-                    mu = mu + coeffs[sl, 2] * x[:, 1:2]
-                cdf = 1.0 / (1.0 + np.exp(-(EDGES[None, None, :] - mu[..., None])
-                                          * inv_scales[sl, ch][..., None]))          # (P, M, 255)
-                ones = np.ones(cdf.shape[:2] + (1,))
-                pmf_k = np.diff(np.concatenate([0 * ones, cdf, ones], axis=-1), axis=-1)
-                w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
-                w /= w.sum(axis=1, keepdims=True)
-                pmf = np.einsum('pm,pmv->pv', w, pmf_k)
-                pmf /= pmf.sum(axis=1, keepdims=True)
+                counts, masses = model.counts(ch, values[sl, :ch])
+                probabilities = counts / float(1 << COUNT_BITS)
+                category = constriction.stream.model.Categorical(perfect=False)
                 if images is not None:
-                    v = values[sl, ch].astype(np.int32)
-                    coder.encode(v, category, pmf)
-                    bits += bits_of(pmf[np.arange(len(v)), v])
+                    v = values[sl, ch]
+                    coder.encode(v.astype(np.int32), category, probabilities)
+                    bits += bits_of(counts[np.arange(len(v)), v])
                 else:
-                    v = coder.decode(category, pmf).astype(np.int32)
+                    v = coder.decode(category, probabilities).astype(np.int64)
                     values[sl, ch] = v
-                rows = np.arange(len(v))
-                log_w = log_w + np.log(np.maximum(pmf_k[rows, :, v], 1e-300))
-                x[:, ch] = (v - 127.5) / 127.5
+                model.update(masses, v)
         if images is not None:
             return bits
         return values.reshape(n, *self.image_shape).astype(np.uint8)

@@ -1,17 +1,66 @@
 """Images to a compressed file's bytes and back: the coder (`coder.ProgressiveCodec`) makes the
 chunks, the container (`container.py`) frames them with a header that ties the file to the
-model's weights."""
+model's weights, the coder's format constants and what each chunk decodes to. Decoding never
+returns a picture other than the one the encoder made: every decoded x_hat_k and the images are
+checked against the header's SHA-256s."""
+import functools
+import importlib.metadata
+import math
+
 import numpy as np
 
 from . import container
-from .container import CodecError, header_for, pack, unpack, weights_hash
+from .container import CodecError, decoded_hash, header_for, pack, unpack, weights_hash
 
 # What decoding bit for bit relies on, written into every header (the coder's own `determinism`
-# note when it has one): coder.py's module docstring explains each part.
+# note when it has one): coder.py's module docstring explains each part. It documents; decoding
+# checks the header's numbers (batch, param_grid_log2) and the decoded pictures' SHA-256s instead.
 DETERMINISM = ('float64 forward pass; prior means, log-stds and mixture parameters rounded to a '
-               'grid of 2^-20 before coding; latents coded as offsets from the prior mean in bins '
-               'of bin_width prior stds, closed loop, a mask of the coded channels first; '
+               'grid of 2^-20, then integer probability tables (progcode_ext/codec/integer.py); '
+               'latents coded as offsets from the prior mean in bins of bin_width prior stds, '
+               'closed loop, a mask of the coded channels (from the closed-loop KLs) first; '
                'constriction range coder; images in file order, in batches of {batch}')
+LIBRARIES = ('torch', 'numpy', 'constriction', 'progcode')
+
+
+def _distribution_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return 'unknown'
+
+
+def library_versions():
+    """{library: version} of the build that runs here, for LIBRARIES: what a file's pictures
+    depend on besides the model, written into every header and named when a file decodes to other
+    pictures than it records ('unknown' where a version cannot be told)."""
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=None)
+def _library_versions():
+    import constriction
+    import torch
+    return dict(torch=str(torch.__version__), numpy=str(np.__version__),
+                constriction=str(getattr(constriction, '__version__', None)
+                                 or _distribution_version('constriction')),
+                progcode=_distribution_version('progcode'))
+
+
+def _versions_text(versions):
+    """'torch 2.x, numpy 1.y, ...': printable ASCII, whatever a file's header holds."""
+    def clean(text):
+        text = text if isinstance(text, str) else 'unknown'
+        return ''.join(c if ' ' <= c <= '~' else '?' for c in text[:40]) or '?'
+    return ', '.join(f'{lib} {clean(versions.get(lib, "unknown"))}' for lib in LIBRARIES)
+
+
+# What the range coder and the networks may raise on data that is not what the encoder wrote:
+# constriction raises AssertionError ("Tried to decode from compressed data that is invalid for the
+# employed entropy model") and ValueError; the tables made from such data need not be finite.
+# Each becomes a CodecError, never a traceback.
+DECODE_ERRORS = (AssertionError, ValueError, RuntimeError, OverflowError, FloatingPointError,
+                 ZeroDivisionError)
 
 
 class FileCodec:
@@ -47,6 +96,24 @@ class FileCodec:
     def image_shape(self):
         return tuple(self.codec.image_shape)
 
+    @property
+    def format_constants(self):
+        """(batch, param_grid_log2) of the coder: images per top-down pass, and the grid its
+        entropy models' parameters are rounded to, 2^param_grid_log2."""
+        from . import coder
+        batch = getattr(self.codec, 'batch', coder.BATCH)
+        grid = getattr(self.codec, 'param_grid', coder.PARAM_GRID)
+        return int(batch), int(math.log2(grid))
+
+    def mask_bits(self):
+        """Per chunk, the bits each top-down pass puts into it at least: the coder's mask, one bit
+        per latent channel (`zdim`) of each of the stage's decoder blocks. None for a coder
+        without `stages` (a stand-in): the container then counts one bit per pass."""
+        stages = getattr(self.codec, 'stages', None)
+        if stages is None:
+            return None
+        return [sum(int(block.zdim) for block in stage.decoder.dec_blocks) for stage in stages]
+
     def check_images(self, images, name='the images'):
         images = np.asarray(images)
         shape = self.image_shape
@@ -57,15 +124,20 @@ class FileCodec:
             raise CodecError(f'{name}: no images to compress')
         return images
 
-    def header(self, n_images):
-        return header_for(self.codec, self.model_hash, n_images, self.determinism)
+    def header(self, n_images, decoded_sha256):
+        """The header of a file of `n_images` whose chunks decode to pictures of these SHA-256s
+        (`container.decoded_hash`, one per chunk)."""
+        batch, grid_log2 = self.format_constants
+        return header_for(self.codec, self.model_hash, n_images, self.determinism, decoded_sha256,
+                          batch, grid_log2, library_versions())
 
     def compress(self, images):
         """(the file's bytes, the coder's info plus 'header_bytes' and 'chunk_bytes': each chunk's
         bytes with its framing)."""
         images = self.check_images(images)
         chunks, info = self.codec.encode(images)
-        header = self.header(len(images))
+        decoded = [decoded_hash(x) for x in info['x_hats']] + [decoded_hash(images)]
+        header = self.header(len(images), decoded)
         data = pack(header, chunks)
         info = dict(info, header_bytes=container.header_size(header),
                     chunk_bytes=[len(c) + container.FRAME_SIZE for c in chunks])
@@ -74,13 +146,19 @@ class FileCodec:
     def decompress(self, data, stages=None, name='the file'):
         """{'x_hats': [uint8 NHWC per decoded stage with a mean head], 'images': uint8 NHWC or None
         (a prefix), 'chunks': chunks decoded, 'header': the header} of a file's bytes (possibly
-        cut after a whole chunk); `stages`: decode only the first that many chunks."""
+        cut after a whole chunk); `stages`: decode only the first that many chunks. Whatever it
+        returns is what the encoder made: each decoded x_hat_k and the images are checked against
+        the header's `decoded_sha256`, and each chunk's range decoder must end at the chunk's end
+        (the coder's `exhausted`). Any file that cannot give that raises one CodecError (also one
+        the range coder rejects outright), and nothing is returned."""
         header, chunks = unpack(data, name)
         container.check_weights(header, self.model_hash, name)
         container.check_shape(header, self.image_shape, name)
         if header['n_chunks'] != self.n_chunks:
             raise CodecError(f"{name} has {header['n_chunks']} chunks, this model codes "
                              f'{self.n_chunks}; use the run that compressed it')
+        container.check_format(header, *self.format_constants, name=name)
+        container.check_n_images(header, chunks, self.mask_bits(), name)
         if stages is not None:
             if not 1 <= stages <= header['n_chunks']:
                 raise CodecError(f"--stages {stages}: {name} has stages 1 to "
@@ -94,5 +172,40 @@ class FileCodec:
         if header['bin_width'] != codec.bin_width:         # compressed with --bin_width
             from .coder import ProgressiveCodec
             codec = ProgressiveCodec(self.model, bin_width=header['bin_width'])
-        decoded = codec.decode(chunks, header['n_images'])
+            codec.batch = header['batch']                  # this coder's, as checked above
+        try:
+            with np.errstate(all='ignore'):     # what a damaged chunk makes of the tables
+                decoded = codec.decode(chunks, header['n_images'])
+        except DECODE_ERRORS as e:
+            raise CodecError(self._not_decoded(header, name, 'its chunks could not be decoded '
+                                               f'({type(e).__name__}: '
+                                               f'{" ".join(str(e).split())[:100]})')) from None
+        self.check_decoded(header, decoded, len(chunks), name)
         return dict(decoded, chunks=len(chunks), header=header)
+
+    def check_decoded(self, header, decoded, n_chunks, name='the file'):
+        """That the first `n_chunks` chunks decoded (`decoded`, the coder's output) to the
+        pictures the header records (`decoded_sha256`: x_hat_k, the images for the last chunk)
+        and, where the coder tells (`exhausted`, one bool per chunk), that each chunk's range
+        decoder ended at the chunk's end."""
+        pictures = list(decoded['x_hats'][:n_chunks])
+        if decoded.get('images') is not None:
+            pictures.append(decoded['images'])
+        exhausted = decoded.get('exhausted')
+        for k in range(n_chunks):
+            what = 'the images' if k == header['n_chunks'] - 1 else f'x_hat_{k + 1}'
+            if k >= len(pictures) or decoded_hash(pictures[k]) != header['decoded_sha256'][k]:
+                raise CodecError(self._not_decoded(
+                    header, name, f'chunk {k + 1} decoded to other pictures than the file records '
+                                  f'({what}: its SHA-256 differs)'))
+            if exhausted is not None and not (k < len(exhausted) and bool(exhausted[k])):
+                raise CodecError(self._not_decoded(
+                    header, name, f"chunk {k + 1}'s range decoder did not end at the chunk's end"))
+
+    @staticmethod
+    def _not_decoded(header, name, what):
+        return (f'{name}: {what}. It was probably compressed on an incompatible build: it records '
+                f"{_versions_text(header['versions'])}; this machine has "
+                f'{_versions_text(library_versions())} (another platform or thread library can '
+                'also change the probabilities). Decompress it on the machine and build that '
+                'compressed it, or compress the images again here')
