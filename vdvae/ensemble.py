@@ -44,8 +44,8 @@ from vdvae.vae_helpers import noise_from
 
 # The hyperparameters in which the members of one ensemble may differ.
 PER_MEMBER = {'seed', 'desc', 'distortion_target', 'distortion_targets', 'rate_target',
-              'stage1_path', 'stage_paths', 'init_from', 'encoder_path', 'restore_path', 'restore_ema_path',
-              'restore_optimizer_path', 'restore_log_path', 'logdir'}
+              'stage1_path', 'stage_paths', 'init_from', 'encoder_path', 'restore_path',
+              'restore_ema_path', 'restore_optimizer_path', 'restore_log_path', 'logdir'}
 
 
 def seed_members(H, k):

@@ -26,7 +26,7 @@ import numpy as np
 
 COUNT_BITS = 24                      # each table sums to 2^24: constriction's default precision
 PARAM_BITS = 20                      # the model's outputs arrive as integers of 2^-20
-STEP_BITS = 10                       # tables every 2^-10 (logits rounded to it, the rest interpolated)
+STEP_BITS = 10                       # tables every 2^-10 (logits rounded, the rest interpolated)
 EXP_RANGE = 32                       # e^-x tabulated for x in [0, 32]
 LOG_SCALE_RANGE = 7                  # log-scales clamped to [-7, 7] (the model's floor is -7)
 COEFF_RANGE = 8                      # tanh tabulated on [-8, 8]
