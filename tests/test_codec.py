@@ -40,7 +40,7 @@ TRAIN = ['--num_iters', '3', '--iters_per_save', '3', '--quiet', '--num_images_v
 
 HEADER = dict(image_shape=[4, 4, 1], n_images=2, n_chunks=3, bin_width=0.5,
               weights_sha256='ab' * 32, decoded_sha256=['cd' * 32, 'ef' * 32, '01' * 32],
-              batch=100, param_grid_log2=-20, versions=dict(torch='2.0'), determinism='test')
+              batch=100, fixed_point_bits=16, versions=dict(torch='2.0'), determinism='test')
 CHUNKS = [b'first chunk!', b'2nd.', b'the third and last chunk']      # whole 4-byte words
 
 
@@ -105,8 +105,9 @@ BAD_HEADERS = [
     ('n_chunks', -3, 'n_chunks is -3'),
     ('batch', False, 'batch is false'),
     ('batch', 0, 'batch is 0'),
-    ('param_grid_log2', -20.0, 'param_grid_log2 is -20.0'),
-    ('param_grid_log2', '-20', 'param_grid_log2 is "-20"'),
+    ('fixed_point_bits', 16.0, 'fixed_point_bits is 16.0'),
+    ('fixed_point_bits', '16', 'fixed_point_bits is "16"'),
+    ('fixed_point_bits', 0, 'fixed_point_bits is 0'),
     ('image_shape', [4, 4, 2], 'image_shape is'),
     ('image_shape', [4, 4], 'image_shape is'),
     ('image_shape', [4, True, 1], 'image_shape is'),
@@ -115,6 +116,8 @@ BAD_HEADERS = [
     ('bin_width', -1.5, 'bin_width is -1.5'),
     ('bin_width', 1, 'bin_width is 1,'),
     ('bin_width', 'wide', 'bin_width is "wide"'),
+    ('bin_width', 16.0, 'bin_width is 16.0, not a decimal number in [1.52588e-05, 16)'),
+    ('bin_width', 1e-6, 'bin_width is 1e-06'),
     ('weights_sha256', 'AB' * 32, 'weights_sha256 is'),
     ('weights_sha256', 'ab' * 31, 'weights_sha256 is'),
     ('decoded_sha256', 'cd' * 32, 'decoded_sha256 is'),
@@ -249,7 +252,7 @@ def test_the_file_codec_returns_only_the_pictures_the_encoder_made(monkeypatch):
                                              'incompatible build: it records torch '):
             FileCodec(model, FakeCoder()).decompress(data)
     monkeypatch.setattr(FakeCoder, 'decode',
-                        lambda self, c, n: dict(decode(self, c, n), exhausted=[True, False, True]))
+                        lambda self, c, n: dict(decode(self, c, n), ends_exactly=[True, False, True]))
     with pytest.raises(CodecError, match="chunk 2's range decoder did not end at the chunk's end"):
         FileCodec(model, FakeCoder()).decompress(data)
     assert FileCodec(model, FakeCoder()).decompress(data, stages=1)['chunks'] == 1
@@ -258,7 +261,7 @@ def test_the_file_codec_returns_only_the_pictures_the_encoder_made(monkeypatch):
 def test_a_file_of_other_format_constants_is_refused():
     model, _, data = fake_file()
     header, chunks = unpack(data)
-    for field, value in (('batch', 99), ('param_grid_log2', -21)):
+    for field, value in (('batch', 99), ('fixed_point_bits', 12)):
         with pytest.raises(CodecError, match=f'written with {field} {value}; this program codes '
                                              f'with {field} {header[field]}'):
             FileCodec(model, FakeCoder()).decompress(with_header(dict(header, **{field: value}),

@@ -323,7 +323,7 @@ def test_the_header_records_what_the_file_decodes_to_and_the_build(original):
                                    container.decoded_hash(o.images)]
     assert h['versions'] == library_versions() and set(h['versions']) == {
         'torch', 'numpy', 'constriction', 'progcode'}
-    assert h['batch'] == coder_module.BATCH and h['param_grid_log2'] == -20
+    assert h['batch'] == coder_module.BATCH and h['fixed_point_bits'] == 16
     assert isinstance(h['determinism'], str)
 
 
@@ -368,18 +368,32 @@ def test_a_chunk_not_decoded_to_its_end_is_refused(original, monkeypatch, ends):
     o = original
     decode = coder_module.ProgressiveCodec.decode
     monkeypatch.setattr(coder_module.ProgressiveCodec, 'decode',
-                        lambda self, chunks, n: dict(decode(self, chunks, n), exhausted=ends))
+                        lambda self, chunks, n: dict(decode(self, chunks, n), ends_exactly=ends))
     k = ends.index(False) + 1
     with pytest.raises(CodecError, match=f"chunk {k}'s range decoder did not end at the chunk"):
         o.codec.decompress(o.data)
     monkeypatch.setattr(coder_module.ProgressiveCodec, 'decode',
                         lambda self, chunks, n: dict(decode(self, chunks, n),
-                                                     exhausted=[True] * len(chunks)))
+                                                     ends_exactly=[True] * len(chunks)))
     assert np.array_equal(o.codec.decompress(o.data)['images'], o.images)
 
 
-@pytest.mark.parametrize('field, value', [('batch', 7), ('batch', 1000), ('param_grid_log2', -19),
-                                          ('param_grid_log2', -52)])
+@pytest.mark.parametrize('k', [0, 1])
+def test_a_chunk_with_a_word_more_is_refused(original, k):
+    """A chunk with one more word than its encoder wrote (CRC right) still decodes to the right
+    pictures (constriction's `maybe_exhausted` allows that much slack), but it is not the
+    encoder's chunk: the decoder's re-encoding (`coder.CheckedDecoder`) differs from it."""
+    o = original
+    chunks = list(o.chunks)
+    chunks[k] = chunks[k] + bytes(4)
+    with pytest.raises(CodecError, match=f"chunk {k + 1}'s range decoder did not end at the chunk"):
+        o.codec.decompress(frame(o.text, chunks))
+    checked = coder_module.CheckedDecoder(o.chunks[k])
+    assert not checked.ends_exactly()          # nothing decoded yet: the chunk is not read
+
+
+@pytest.mark.parametrize('field, value', [('batch', 7), ('batch', 1000), ('fixed_point_bits', 15),
+                                          ('fixed_point_bits', 52)])
 def test_a_file_of_other_format_constants_is_refused(original, field, value):
     with pytest.raises(CodecError, match=f'written with {field} {value}; this program codes '
                                          f'with {field} {original.header[field]}'):
@@ -392,9 +406,9 @@ def test_a_coder_of_other_format_constants_refuses_the_file(original, monkeypatc
     with pytest.raises(CodecError, match='written with batch 100; this program codes with batch 5'):
         o.codec.decompress(o.data)
     monkeypatch.undo()
-    monkeypatch.setattr(coder_module, 'PARAM_GRID', 2.0 ** -24)
-    with pytest.raises(CodecError, match='param_grid_log2 -20; this program codes with '
-                                         'param_grid_log2 -24'):
+    monkeypatch.setattr(o.codec.codec, 'fixed_point_bits', 24)
+    with pytest.raises(CodecError, match='fixed_point_bits 16; this program codes with '
+                                         'fixed_point_bits 24'):
         o.codec.decompress(o.data)
 
 

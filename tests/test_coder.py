@@ -9,6 +9,7 @@ import torch
 
 from golden.two_stage_outputs import OUT, two_stage_hparams
 from progcode_ext.codec.coder import ProgressiveCodec
+from progcode_ext.codec.fixed_point import to_fixed, to_float
 from vdvae.checkpoint import restore_params
 from vdvae.errors import ConfigError
 from vdvae.hps import get_hparams
@@ -125,18 +126,19 @@ def test_pixel_bits_are_the_mixtures_own_likelihood(chain, channels):
     per = 1 + channels * (3 if channels == 3 else 2)
     params = torch.randn(n, 5, 5, m * per, generator=g, dtype=torch.float64)
     params[..., m:] *= 0.5                              # scales between e^-1.5 and e^1.5
-    stage = SimpleNamespace(decoder=SimpleNamespace(out_net=lambda px_z: params))
+    params = to_float(to_fixed(params))                 # what a fixed-point head hands on
+    codec.fixed = [SimpleNamespace(head_of=lambda px_z: to_fixed(params))]
     x = torch.randint(0, 256, (n, 5, 5, channels), generator=g).to(torch.uint8).numpy()
     import constriction
     coder = constriction.stream.queue.RangeEncoder()
-    bits = codec.code_pixels(stage, None, coder, x)
+    bits = codec.code_pixels(0, None, coder, x)
     target = (torch.from_numpy(x).double() - 127.5) / 127.5
     nats = discretized_mix_logistic_loss(target, params).sum().item() * 25 * channels
     # to the integer tables' approximation (parameters on a grid of 2^-10, the logistic
     # interpolated; progcode_ext/codec/integer.py): 4e-6 here
     assert bits == pytest.approx(nats / math.log(2), rel=1e-4)
     decoder = constriction.stream.queue.RangeDecoder(coder.get_compressed())
-    assert np.array_equal(codec.code_pixels(stage, None, decoder, None, n), x)
+    assert np.array_equal(codec.code_pixels(0, None, decoder, None, n), x)
 
 
 def test_a_file_made_with_another_bin_width_decodes_with_it(chain):

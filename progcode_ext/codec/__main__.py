@@ -2,6 +2,7 @@
 
   python -m progcode_ext.codec compress --run RUN [--checkpoint FILE] IMAGES... -o FILE
   python -m progcode_ext.codec decompress FILE --run RUN [--checkpoint FILE] [--stages K] -o DIR
+  (either with --device cuda: the same bytes and pictures as on the CPU)
 
 RUN: the folder of a finished training run: a progressive chain's last stage (two or N stages),
 or a plain VDVAE (one chunk, lossless). IMAGES: PNG files and/or .npy arrays of uint8 NHWC, of the
@@ -57,7 +58,19 @@ def parser():
         sub.add_argument('--checkpoint', default=None,
                          help="its weights (default: RUN/latest-model-ema.th)")
         sub.add_argument('-o', '--out', required=True, help=out)
+        sub.add_argument('--device', default='cpu', type=device,
+                         help='where the networks run: cpu or cuda (the bytes and pictures are the '
+                              'same either way; default: %(default)s)')
     return p
+
+
+def device(text):
+    import torch
+    if text not in ('cpu', 'cuda') and not text.startswith('cuda:'):
+        raise argparse.ArgumentTypeError(f'{text!r} is not cpu or cuda')
+    if text != 'cpu' and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f'{text}: this torch build sees no CUDA device; use cpu')
+    return text
 
 
 def compress(args):
@@ -65,7 +78,8 @@ def compress(args):
         raise CodecError(f'-o {args.out!r} is a folder; name the file to write')
     check_can_write(args.out, f'-o {args.out!r}')
     _, model = load_model(args.run, args.checkpoint)
-    codec = FileCodec(model, bin_width=args.bin_width, active_kl=args.active_kl)
+    codec = FileCodec(model, bin_width=args.bin_width, active_kl=args.active_kl,
+                      device=args.device)
     images = read_images(args.images, codec.image_shape)
     start = time.perf_counter()
     data, info = codec.compress(images)
@@ -92,7 +106,7 @@ def decompress(args):
     except IsADirectoryError:
         raise CodecError(f'{args.file} is a folder; give a file written by compress') from None
     _, model = load_model(args.run, args.checkpoint)
-    codec = FileCodec(model)
+    codec = FileCodec(model, device=args.device)
     start = time.perf_counter()
     decoded = codec.decompress(data, args.stages, name=args.file)
     seconds = time.perf_counter() - start

@@ -37,21 +37,18 @@ from vdvae.errors import ConfigError
 from vdvae.vae_helpers import gaussian_analytical_kl
 
 from ..mean_head import picture
-from .integer import COUNT_BITS, PixelModel, gaussian_counts
+from .container import MAX_BIN_WIDTH, MIN_BIN_WIDTH
+from .fixed_point import ACT_BITS, FixedStage, bin_widths, to_fixed, to_float
+from .integer import COUNT_BITS, PARAM_BITS, PixelModel, gaussian_counts
 
 # Defaults chosen by measurement on the toy's two-stage chain (docs/codec.md): the widest bin whose
 # x_hat_1 stays within 10% of stage 1's MSE target, and the KL threshold below which leaving a
 # channel at the prior mean costs no visible quality but saves most of the latent bits.
 DEFAULT_BIN_WIDTH = 1.5           # in prior standard deviations
 ACTIVE_KL = 0.05                  # nats a latent element; below, a channel stays at its prior mean
-PARAM_GRID = 2.0 ** -20
 SYMBOL_RANGE = 2 ** 12            # offsets beyond +-this many bins are clipped (closed loop: exact)
 BATCH = 100                       # images per top-down pass, the same on both sides
 PIXEL_CHUNK = 2048                # pixels per probability table computed at once (memory)
-
-
-def on_grid(t):
-    return torch.round(t / PARAM_GRID) * PARAM_GRID
 
 
 def chain_stages(model):
@@ -72,14 +69,41 @@ def bits_of(counts):
     return float(COUNT_BITS * np.size(counts) - np.log2(np.asarray(counts, np.float64)).sum())
 
 
+class CheckedDecoder:
+    """A range decoder over one chunk that encodes again every symbol it decodes, with the same
+    models. The range encoder is deterministic, so the chunk is exactly the encoding of what was
+    decoded, read to its last word and holding nothing more, iff the two agree (`ends_exactly`):
+    constriction's own `maybe_exhausted` lets a word of slack pass."""
+
+    def __init__(self, chunk):
+        self.words = np.frombuffer(chunk, dtype=np.uint32).copy()
+        self.decoder = constriction.stream.queue.RangeDecoder(self.words)
+        self.encoder = constriction.stream.queue.RangeEncoder()
+
+    def decode(self, model, amount_or_probabilities):
+        """As RangeDecoder.decode(model, n) or (model, probabilities)."""
+        symbols = self.decoder.decode(model, amount_or_probabilities)
+        if isinstance(amount_or_probabilities, int):
+            self.encoder.encode(symbols, model)
+        else:
+            self.encoder.encode(symbols, model, amount_or_probabilities)
+        return symbols
+
+    def ends_exactly(self):
+        return np.array_equal(self.encoder.get_compressed(), self.words)
+
+
 class ProgressiveCodec:
     """`encode(images) -> (chunks, info)`, `decode(chunks, n) -> {'x_hats', 'images'}`."""
 
-    def __init__(self, model, bin_width=DEFAULT_BIN_WIDTH, active_kl=ACTIVE_KL):
-        if not bin_width > 0:
-            raise ConfigError(f'the bin width must be positive, got {bin_width}')
-        self.model = copy.deepcopy(model).double().eval()
+    def __init__(self, model, bin_width=DEFAULT_BIN_WIDTH, active_kl=ACTIVE_KL, device='cpu'):
+        if not MIN_BIN_WIDTH <= bin_width < MAX_BIN_WIDTH:
+            raise ConfigError(f'the bin width is in prior stds, in [{MIN_BIN_WIDTH:g}, '
+                              f'{MAX_BIN_WIDTH:g}); got {bin_width}')
+        self.device = torch.device(device)
+        self.model = copy.deepcopy(model).double().eval().to(self.device)
         self.stages = chain_stages(self.model)
+        self.fixed = [FixedStage(stage).to(self.device) for stage in self.stages]
         self.H = self.stages[-1].H
         self.preprocess = make_preprocess(self.H.dataset)
         norm = self.preprocess.normalisation
@@ -87,25 +111,27 @@ class ProgressiveCodec:
             raise ConfigError(f'the codec codes 8-bit images on upstream\'s [-1, 1] scale; '
                               f'{self.H.dataset} is trained on another (5-bit or unit range)')
         self.bin_width, self.active_kl, self.batch = float(bin_width), float(active_kl), BATCH
+        self.fixed_point_bits = ACT_BITS
         self.n_chunks = len(self.stages)
         self.image_shape = (self.H.image_size, self.H.image_size, self.H.image_channels)
         self.mixtures = self.H.num_mixtures
 
     # -- the top-down pass both sides share ------------------------------------------------------
 
-    def run_stage(self, stage, n, x_prev, latent):
-        """px_z of one stage for n images; each block's z_hat = latent(block, state, m, logsd)."""
-        dec = stage.decoder
-        cond = stage.cond_encoder(x_prev) if x_prev is not None else None
-        xs = dec._empty_guard(dec._initial_states(n), n)
-        for block in dec.dec_blocks:
-            width = block.resnet.c1.in_channels
-            like = next(iter(xs.values())).new_zeros((n, width, block.base, block.base))
-            x = block._state(xs, n, like)
-            pm, pv, x_next = block._prior(x, cond)
-            z = latent(block, x, on_grid(pm), on_grid(pv))
-            xs = block._update(xs, x_next, z)
-        return dec.final_fn(xs[self.H.image_size])
+    def run_stage(self, s, n, x_prev, latent):
+        """px_z of stage s for n images in fixed point (fixed_point.py), given x_hat of the stage
+        before (integers, NHWC) or None; each block's z = latent(block, state, prior mean, prior
+        log-std), all integers of 2^-ACT_BITS."""
+        fixed = self.fixed[s]
+        cond = fixed.cond_encoder(x_prev) if x_prev is not None else None
+        xs = fixed.initial_states(n)
+        for block in fixed.blocks:
+            like = torch.zeros((n, block.width, block.base, block.base), dtype=torch.float64,
+                               device=self.device)
+            x = block.state(xs, n, like)
+            pm, pv, x_next = block.prior_of(x, cond)
+            xs = block.update(xs, x_next, latent(block, x, pm, pv))
+        return fixed.final(xs[self.H.image_size])
 
     def active_channels(self, qm, qv, pm, pv):
         """Which latent channels of a block carry information about this batch: mean KL(q || p)
@@ -115,11 +141,11 @@ class ProgressiveCodec:
         q = p) are set to the prior mean and cost nothing; coding them would cost about
         log2(sigma_p / bin) bits each and say nothing."""
         kl = gaussian_analytical_kl(qm, pm, qv, pv)
-        return (kl.mean(dim=(0, 2, 3)) > self.active_kl).numpy()
+        return (kl.mean(dim=(0, 2, 3)) > self.active_kl).cpu().numpy()
 
-    def bins(self, logsd):
-        """Each latent's bin: bin_width of its prior's std wide."""
-        return self.bin_width * torch.exp(logsd)
+    def bins(self, pv):
+        """Each latent's bin, bin_width of its prior's std wide, in integers of 2^-ACT_BITS."""
+        return bin_widths(pv, self.bin_width)
 
     # -- encoding ---------------------------------------------------------------------------------
 
@@ -135,32 +161,36 @@ class ProgressiveCodec:
         for start in range(0, len(images), self.batch):
             batch = images[start:start + self.batch]
             x_in, _ = self.preprocess(torch.from_numpy(batch))
-            x_in, x_prev, n = x_in.double(), None, len(batch)
+            x_in, x_prev, n = x_in.double().to(self.device), None, len(batch)
             for s, stage in enumerate(self.stages):
                 acts = stage.encoder(x_in if x_prev is None else
-                                     torch.cat([x_in, x_prev.to(x_in.dtype)], dim=-1))
+                                     torch.cat([x_in, to_float(x_prev)], dim=-1))
                 bits = []
 
                 def latent(block, x, pm, pv, acts=acts, coder=coders[s], bits=bits):
-                    qm, qv = block.enc(torch.cat([x, acts[block.base]], dim=1)).chunk(2, dim=1)
-                    active = self.active_channels(qm, qv, pm, pv)
+                    # the posterior: float, the encoder's alone
+                    qm, qv = block.block.enc(torch.cat([to_float(x), acts[block.base]],
+                                                       dim=1)).chunk(2, dim=1)
+                    active = self.active_channels(qm, qv, to_float(pm), to_float(pv))
                     coder.encode(active.astype(np.int32), self.bit)
                     bits.append(float(active.size))
                     width = self.bins(pv)
-                    k = torch.clamp(torch.round((qm - pm) / width), -SYMBOL_RANGE, SYMBOL_RANGE)
-                    k[:, torch.from_numpy(~active)] = 0
-                    symbols = k[:, torch.from_numpy(active)].numpy().ravel().astype(np.int32)
+                    k = torch.clamp(torch.round((to_fixed(qm) - pm) / width), -SYMBOL_RANGE,
+                                    SYMBOL_RANGE)
+                    k[:, torch.from_numpy(~active).to(self.device)] = 0
+                    symbols = k[:, torch.from_numpy(active).to(self.device)].cpu().numpy().ravel()
+                    symbols = symbols.astype(np.int32)
                     coder.encode(symbols + SYMBOL_RANGE, self.gaussian)
                     bits.append(bits_of(self.latent_counts[symbols + SYMBOL_RANGE]))
                     return pm + width * k
 
-                px_z = self.run_stage(stage, n, x_prev, latent)
+                px_z = self.run_stage(s, n, x_prev, latent)
                 latent_bits[s] += sum(bits)
                 if s < self.n_chunks - 1:
-                    x_prev = stage.decoder.out_net(px_z)
-                    x_hats[s].append(picture(x_prev))
+                    x_prev = self.fixed[s].head_of(px_z)
+                    x_hats[s].append(picture(to_float(x_prev)))
                 else:
-                    pixel_bits += self.code_pixels(stage, px_z, coders[s], batch)
+                    pixel_bits += self.code_pixels(s, px_z, coders[s], batch)
         chunks = [c.get_compressed().tobytes() for c in coders]
         ideal = list(latent_bits)
         ideal[-1] += pixel_bits
@@ -174,34 +204,30 @@ class ProgressiveCodec:
         """The pictures of the decoded stages' x_hat, and the images once every chunk is given."""
         if not 1 <= len(chunks) <= self.n_chunks:
             raise ConfigError(f'give 1 to {self.n_chunks} chunks, got {len(chunks)}')
-        coders = [constriction.stream.queue.RangeDecoder(np.frombuffer(c, dtype=np.uint32).copy())
-                  for c in chunks]
+        coders = [CheckedDecoder(c) for c in chunks]
         images, x_hats = [], [[] for _ in range(min(len(chunks), self.n_chunks - 1))]
         for start in range(0, n, self.batch):
             m, x_prev = min(self.batch, n - start), None
             for s, coder in enumerate(coders):
-                stage = self.stages[s]
-
                 def latent(block, x, pm, pv, coder=coder):
                     active = torch.from_numpy(
-                        coder.decode(self.bit, block.zdim).astype(bool))
+                        coder.decode(self.bit, block.zdim).astype(bool)).to(self.device)
                     k = torch.zeros_like(pm)
                     symbols = coder.decode(self.gaussian, k[:, active].numel())
                     k[:, active] = torch.from_numpy(
                         (symbols.astype(np.int64) - SYMBOL_RANGE).astype(np.float64)).reshape(
-                            k[:, active].shape)
+                            k[:, active].shape).to(self.device)
                     return pm + self.bins(pv) * k
 
-                px_z = self.run_stage(stage, m, x_prev, latent)
+                px_z = self.run_stage(s, m, x_prev, latent)
                 if s < self.n_chunks - 1:
-                    x_prev = stage.decoder.out_net(px_z)
-                    x_hats[s].append(picture(x_prev))
+                    x_prev = self.fixed[s].head_of(px_z)
+                    x_hats[s].append(picture(to_float(x_prev)))
                 else:
-                    images.append(self.code_pixels(stage, px_z, coder, None, m))
-        # a decoder that did not end exactly where its chunk ends decoded something else
+                    images.append(self.code_pixels(s, px_z, coder, None, m))
         return dict(x_hats=[np.concatenate(x) for x in x_hats],
                     images=np.concatenate(images) if images else None,
-                    exhausted=[coder.maybe_exhausted() for coder in coders])
+                    ends_exactly=[coder.ends_exactly() for coder in coders])
 
     # -- pixels -----------------------------------------------------------------------------------
 
@@ -220,21 +246,21 @@ class ProgressiveCodec:
         return constriction.stream.model.Categorical(self.latent_counts / float(1 << COUNT_BITS),
                                                      perfect=False)
 
-    def mixture_params(self, stage, px_z):
+    def mixture_params(self, s, px_z):
         """(logits (P, M), means, log-scales (P, C, M), raw coefficients (P, 3, M) or None) of
-        every pixel: the mixture's parameters rounded to the grid, as integers of PARAM_GRID."""
-        l = on_grid(stage.decoder.out_net(px_z)).numpy()
-        l = np.rint(l / PARAM_GRID).astype(np.int64).reshape(-1, l.shape[-1])    # exact
+        every pixel, as integers of 2^-PARAM_BITS: the fixed-point head's own integers."""
+        l = self.fixed[s].head_of(px_z).cpu().numpy().astype(np.int64)  # exact: integers < 2^53
+        l = (l << (PARAM_BITS - ACT_BITS)).reshape(-1, l.shape[-1])
         c, m = self.H.image_channels, self.mixtures
         rest = l[:, m:].reshape(len(l), c, -1)
         return (l[:, :m], rest[..., :m], rest[..., m:2 * m],
                 rest[..., 2 * m:3 * m] if c == 3 else None)
 
-    def code_pixels(self, stage, px_z, coder, images=None, n=None):
+    def code_pixels(self, s, px_z, coder, images=None, n=None):
         """Encode `images` (uint8 NHWC) with `coder`, returning their ideal bits; or, without
         images, decode n images and return them. Each channel under the mixture given the
         channels before, as integer counts (integer.PixelModel)."""
-        params = self.mixture_params(stage, px_z)
+        params = self.mixture_params(s, px_z)
         c = self.H.image_channels
         values = (images.reshape(-1, c).astype(np.int64) if images is not None else
                   np.zeros((len(params[0]), c), dtype=np.int64))

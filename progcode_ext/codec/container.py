@@ -7,7 +7,7 @@
 The header (`HEADER_KEYS`, docs/codec.md) names the image shape, the number of images and of
 chunks, the bin width, the SHA-256 of the model's weights (`weights_hash`), the SHA-256 of what
 each chunk decodes to (`decoded_hash`: x_hat_k, the images for the last chunk), the coder's format
-constants (`batch`, `param_grid_log2`), the library versions that compressed the file, and the
+constants (`batch`, `fixed_point_bits`), the library versions that compressed the file, and the
 determinism the decoder relies on. A file cut after its k-th whole chunk is a valid prefix: it
 reads as the first k chunks (x_hat_k). Everything else that is wrong raises one `CodecError`
 naming the problem and the fix: a chunk cut mid-way, a CRC mismatch, bytes after the last chunk,
@@ -19,7 +19,6 @@ or format constants.
 """
 import hashlib
 import json
-import math
 import re
 import struct
 import zlib
@@ -30,13 +29,15 @@ import torch
 from vdvae.errors import UserError
 
 MAGIC = b'PGCODEC'
-VERSION = 2                            # 2: decoded_sha256, versions, batch, param_grid_log2
+VERSION = 3                            # 2: decoded_sha256, versions, batch; 3: fixed-point networks
 _U32 = struct.Struct('<I')
 _FRAME = struct.Struct('<II')          # chunk length, CRC32
 WORD = 4                               # bytes of one word of constriction's range coder (uint32)
 HEADER_KEYS = ('image_shape', 'n_images', 'n_chunks', 'bin_width', 'weights_sha256',
-               'decoded_sha256', 'batch', 'param_grid_log2', 'versions', 'determinism')
+               'decoded_sha256', 'batch', 'fixed_point_bits', 'versions', 'determinism')
 DAMAGED = 'the file is damaged or was not written by this program'
+# the latents' bins in prior stds: the fixed-point coder takes them in integers of 2^-16 below 16
+MIN_BIN_WIDTH, MAX_BIN_WIDTH = 2.0 ** -16, 16.0
 _SHA256 = re.compile('[0-9a-f]{64}')
 
 
@@ -68,15 +69,15 @@ def decoded_hash(pictures):
     return hashlib.sha256(pictures.tobytes()).hexdigest()
 
 
-def header_for(codec, model_hash, n_images, determinism, decoded_sha256, batch, param_grid_log2,
+def header_for(codec, model_hash, n_images, determinism, decoded_sha256, batch, fixed_point_bits,
                versions):
     """The header of a file of `n_images` coded by `codec` (a ProgressiveCodec): `decoded_sha256`
-    one `decoded_hash` per chunk, `batch` and `param_grid_log2` the coder's format constants,
+    one `decoded_hash` per chunk, `batch` and `fixed_point_bits` the coder's format constants,
     `versions` {library: version} of this build."""
     return dict(image_shape=[int(v) for v in codec.image_shape], n_images=int(n_images),
                 n_chunks=int(codec.n_chunks), bin_width=float(codec.bin_width),
                 weights_sha256=model_hash, decoded_sha256=list(decoded_sha256), batch=int(batch),
-                param_grid_log2=int(param_grid_log2),
+                fixed_point_bits=int(fixed_point_bits),
                 versions={str(k): str(v) for k, v in versions.items()}, determinism=determinism)
 
 
@@ -242,11 +243,11 @@ def check_header(header, name='the file'):
     for field, least in (('n_images', 1), ('n_chunks', 1), ('batch', 1)):
         if not (_is_int(header[field]) and header[field] >= least):
             raise bad(field, f'a whole number of at least {least}')
-    if not _is_int(header['param_grid_log2']):
-        raise bad('param_grid_log2', 'a whole number')
+    if not (_is_int(header['fixed_point_bits']) and header['fixed_point_bits'] >= 1):
+        raise bad('fixed_point_bits', 'a whole number of at least 1')
     width = header['bin_width']
-    if not (isinstance(width, float) and math.isfinite(width) and width > 0):
-        raise bad('bin_width', 'a positive finite decimal number')
+    if not (isinstance(width, float) and MIN_BIN_WIDTH <= width < MAX_BIN_WIDTH):
+        raise bad('bin_width', f'a decimal number in [{MIN_BIN_WIDTH:g}, {MAX_BIN_WIDTH:g})')
     if not _is_sha256(header['weights_sha256']):
         raise bad('weights_sha256', 'a SHA-256 (64 lowercase hex digits)')
     decoded = header['decoded_sha256']
@@ -294,11 +295,12 @@ def check_shape(header, image_shape, name='the file'):
                          f'{tuple(image_shape)}; use the run that compressed it')
 
 
-def check_format(header, batch, param_grid_log2, name='the file'):
+def check_format(header, batch, fixed_point_bits, name='the file'):
     """That the file's format constants are this program's: the coder's `batch` (images per
-    top-down pass) and its parameter grid 2^param_grid_log2. Another value means the decoder
-    would compute other probabilities than the encoder did."""
-    for field, ours in (('batch', batch), ('param_grid_log2', param_grid_log2)):
+    top-down pass) and its networks' fixed point (activations in integers of
+    2^-fixed_point_bits). Another value means the decoder would compute other probabilities than
+    the encoder did."""
+    for field, ours in (('batch', batch), ('fixed_point_bits', fixed_point_bits)):
         if header[field] != ours:
             raise CodecError(f'{name} was written with {field} {_shown(header[field])}; this '
                              f'program codes with {field} {ours}, so it would decode other '

@@ -5,7 +5,6 @@ returns a picture other than the one the encoder made: every decoded x_hat_k and
 checked against the header's SHA-256s."""
 import functools
 import importlib.metadata
-import math
 
 import numpy as np
 
@@ -14,9 +13,10 @@ from .container import CodecError, decoded_hash, header_for, pack, unpack, weigh
 
 # What decoding bit for bit relies on, written into every header (the coder's own `determinism`
 # note when it has one): coder.py's module docstring explains each part. It documents; decoding
-# checks the header's numbers (batch, param_grid_log2) and the decoded pictures' SHA-256s instead.
-DETERMINISM = ('float64 forward pass; prior means, log-stds and mixture parameters rounded to a '
-               'grid of 2^-20, then integer probability tables (progcode_ext/codec/integer.py); '
+# checks the header's numbers (batch, fixed_point_bits) and the decoded pictures' SHA-256s instead.
+DETERMINISM = ('networks in fixed point: integer activations of 2^-16 and weights, exact float64 '
+               'sums below 2^53, tabulated GELU and exp (progcode_ext/codec/fixed_point.py); '
+               'integer probability tables (progcode_ext/codec/integer.py); '
                'latents coded as offsets from the prior mean in bins of bin_width prior stds, '
                'closed loop, a mask of the coded channels (from the closed-loop KLs) first; '
                'constriction range coder; images in file order, in batches of {batch}')
@@ -68,12 +68,12 @@ class FileCodec:
     `decompress(bytes, stages) -> dict`. `codec`: the ProgressiveCodec of `model` (default: made
     here, with `bin_width` and `active_kl` where given; decoding takes the file's bin width)."""
 
-    def __init__(self, model, codec=None, bin_width=None, active_kl=None):
+    def __init__(self, model, codec=None, bin_width=None, active_kl=None, device=None):
         # The hash first: the coder runs the model in float64 (the hash does not depend on it).
         self.model_hash = weights_hash(model)
         self.model, self._codec = model, codec
-        self.settings = {k: v for k, v in (('bin_width', bin_width), ('active_kl', active_kl))
-                         if v is not None}
+        self.settings = {k: v for k, v in (('bin_width', bin_width), ('active_kl', active_kl),
+                                           ('device', device)) if v is not None}
 
     @property
     def codec(self):
@@ -98,12 +98,12 @@ class FileCodec:
 
     @property
     def format_constants(self):
-        """(batch, param_grid_log2) of the coder: images per top-down pass, and the grid its
-        entropy models' parameters are rounded to, 2^param_grid_log2."""
+        """(batch, fixed_point_bits) of the coder: images per top-down pass, and the fixed point
+        of its networks (activations in integers of 2^-fixed_point_bits)."""
         from . import coder
         batch = getattr(self.codec, 'batch', coder.BATCH)
-        grid = getattr(self.codec, 'param_grid', coder.PARAM_GRID)
-        return int(batch), int(math.log2(grid))
+        bits = getattr(self.codec, 'fixed_point_bits', coder.ACT_BITS)
+        return int(batch), int(bits)
 
     def mask_bits(self):
         """Per chunk, the bits each top-down pass puts into it at least: the coder's mask, one bit
@@ -127,9 +127,9 @@ class FileCodec:
     def header(self, n_images, decoded_sha256):
         """The header of a file of `n_images` whose chunks decode to pictures of these SHA-256s
         (`container.decoded_hash`, one per chunk)."""
-        batch, grid_log2 = self.format_constants
+        batch, bits = self.format_constants
         return header_for(self.codec, self.model_hash, n_images, self.determinism, decoded_sha256,
-                          batch, grid_log2, library_versions())
+                          batch, bits, library_versions())
 
     def compress(self, images):
         """(the file's bytes, the coder's info plus 'header_bytes' and 'chunk_bytes': each chunk's
@@ -149,7 +149,7 @@ class FileCodec:
         cut after a whole chunk); `stages`: decode only the first that many chunks. Whatever it
         returns is what the encoder made: each decoded x_hat_k and the images are checked against
         the header's `decoded_sha256`, and each chunk's range decoder must end at the chunk's end
-        (the coder's `exhausted`). Any file that cannot give that raises one CodecError (also one
+        (the coder's `ends_exactly`). Any file that cannot give that raises one CodecError (also one
         the range coder rejects outright), and nothing is returned."""
         header, chunks = unpack(data, name)
         container.check_weights(header, self.model_hash, name)
@@ -171,7 +171,8 @@ class FileCodec:
         codec = self.codec
         if header['bin_width'] != codec.bin_width:         # compressed with --bin_width
             from .coder import ProgressiveCodec
-            codec = ProgressiveCodec(self.model, bin_width=header['bin_width'])
+            codec = ProgressiveCodec(self.model, bin_width=header['bin_width'],
+                                     device=getattr(codec, 'device', 'cpu'))
             codec.batch = header['batch']                  # this coder's, as checked above
         try:
             with np.errstate(all='ignore'):     # what a damaged chunk makes of the tables
@@ -186,19 +187,19 @@ class FileCodec:
     def check_decoded(self, header, decoded, n_chunks, name='the file'):
         """That the first `n_chunks` chunks decoded (`decoded`, the coder's output) to the
         pictures the header records (`decoded_sha256`: x_hat_k, the images for the last chunk)
-        and, where the coder tells (`exhausted`, one bool per chunk), that each chunk's range
-        decoder ended at the chunk's end."""
+        and, where the coder tells (`ends_exactly`, one bool per chunk), that each chunk's range
+        decoder ended exactly at the chunk's end."""
         pictures = list(decoded['x_hats'][:n_chunks])
         if decoded.get('images') is not None:
             pictures.append(decoded['images'])
-        exhausted = decoded.get('exhausted')
+        ends = decoded.get('ends_exactly')
         for k in range(n_chunks):
             what = 'the images' if k == header['n_chunks'] - 1 else f'x_hat_{k + 1}'
             if k >= len(pictures) or decoded_hash(pictures[k]) != header['decoded_sha256'][k]:
                 raise CodecError(self._not_decoded(
                     header, name, f'chunk {k + 1} decoded to other pictures than the file records '
                                   f'({what}: its SHA-256 differs)'))
-            if exhausted is not None and not (k < len(exhausted) and bool(exhausted[k])):
+            if ends is not None and not (k < len(ends) and bool(ends[k])):
                 raise CodecError(self._not_decoded(
                     header, name, f"chunk {k + 1}'s range decoder did not end at the chunk's end"))
 

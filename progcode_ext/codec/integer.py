@@ -179,13 +179,9 @@ class PixelModel:
         return to_counts(mixed), masses
 
     def logistic(self, t):
-        """1 / (1 + e^-t) * 2^30 of t in units of 2^-16, interpolated in the table."""
+        """1 / (1 + e^-t) * 2^30 of t in units of 2^-16 (`logistic_lookup`)."""
         span = SIGMOID_RANGE << T_BITS
-        u = np.clip(t, -span, span) + span
-        step = T_BITS - SIGMOID_STEP_BITS
-        i, frac = u >> step, u & ((1 << step) - 1)
-        low, high = self.sigmoid[i], self.sigmoid[i + 1]
-        return low + (((high - low) * frac) >> step)
+        return logistic_lookup()[np.clip(t, -span, span) + span]
 
     def update(self, masses, values):
         """Reweigh the mixture by each component's mass of the values just coded (P,). A mass
@@ -194,6 +190,19 @@ class PixelModel:
         w = self.weights * np.maximum(masses[np.arange(len(values)), :, values], 1)   # < 2^54
         shift = np.maximum(0, _bit_length(w.max(axis=1, keepdims=True)) - WEIGHT_BITS)
         self.weights = w >> shift
+
+
+@lru_cache(maxsize=1)
+def logistic_lookup():
+    """1 / (1 + e^-t) * 2^30 for every t in [-16, 16] in units of 2^-16: the table of `tables`
+    (every 2^-8) interpolated linearly, in int64 (2^21 + 1 entries, built once; one lookup per
+    value is several times faster than interpolating each time)."""
+    sigmoid = tables()[3]
+    step = T_BITS - SIGMOID_STEP_BITS
+    u = np.arange((2 * SIGMOID_RANGE << T_BITS) + 1, dtype=np.int64)
+    i, frac = u >> step, u & ((1 << step) - 1)
+    low, high = sigmoid[i], sigmoid[i + 1]
+    return low + (((high - low) * frac) >> step)
 
 
 @lru_cache(maxsize=8)
