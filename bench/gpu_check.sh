@@ -7,9 +7,11 @@
 #   2. bench/bench.py, cifar10 preset, batch 16, on the GPU: fp32 (TF32 off), tf32, bf16, fp16;
 #   3. torch.compile against eager, fp32 and bf16;
 #   4. ensembles (vdvae/ensemble.py) against separate processes on the one GPU: the toy's VDVAE and
-#      stage 2, K = 1, 2, 4, 8, and the cifar10 VDVAE at batch 16, K = 1, 2, 4.
+#      stage 2, K = 1, 2, 4, 8, and the cifar10 VDVAE at batch 16, K = 1, 2, 4;
+#   5. the codec across devices (tests/test_codec_platforms.py with PROGCODE_DEVICE=cuda): a file
+#      compressed on the CPU decodes on the GPU and back, and both compress to the same bytes.
 # Then copy the printed figures, with the GPU's name from $OUT/gpu.json, into BENCHMARKS.md.
-# Exits non-zero if the parity tests failed (after running the benchmarks anyway).
+# Exits non-zero if the parity or codec tests failed (after running the benchmarks anyway).
 set -euo pipefail
 
 export OUT="${OUT:-./out}"
@@ -43,6 +45,10 @@ PROGCODE_DEVICE=cuda "$PYTHON" -m pytest -q \
     tests/test_parity_tiny8.py -k 'not finite_differences' 2>&1 | tee "$OUT/parity_cuda.txt" \
     || parity=$?
 
+# 5 first (seconds; a failure must not wait for the benchmarks): the codec, CPU <-> GPU.
+PROGCODE_DEVICE=cuda "$PYTHON" -m pytest -q tests/test_codec_platforms.py -k device 2>&1 \
+    | tee "$OUT/codec_cuda.txt" || parity=$?
+
 # 2. Benchmarks: each run a fresh process, baseline and ours interleaved.
 for amp in fp32 tf32 bf16 fp16; do
     "$PYTHON" bench/bench.py --device cuda --hps cifar10 --n_batch 16 --amp "$amp" \
@@ -66,9 +72,9 @@ done
     2>&1 | tee "$OUT/bench_ensemble_cuda_cifar10.txt"
 
 if [ "$parity" -ne 0 ]; then
-    echo "parity tests on CUDA FAILED (see $OUT/parity_cuda.txt)"
+    echo "parity or codec tests on CUDA FAILED (see $OUT/parity_cuda.txt, $OUT/codec_cuda.txt)"
 else
-    echo "parity tests on CUDA passed"
+    echo "parity and codec tests on CUDA passed"
 fi
 echo "results in $OUT"
 exit "$parity"

@@ -83,3 +83,23 @@ def test_the_same_bytes_and_images_on_every_cpu_code_path(tmp_path):
     assert seen['aten-baseline']['aten'] == 'DEFAULT'
     assert seen['one-thread']['threads'] == 1
     assert seen['numpy-no-simd-targets']['numpy_targets'] == []
+
+
+def test_the_same_bytes_and_images_on_the_test_device():
+    """CPU -> DEVICE and DEVICE -> CPU (tests/conftest.py: PROGCODE_DEVICE; bench/gpu_check.sh
+    sets cuda): the networks run in fixed point on either (fixed_point.py), so a file compressed
+    on one decodes on the other, and both compress to the same bytes. Without a GPU this checks
+    the device plumbing on the CPU."""
+    from conftest import DEVICE
+    from progcode_ext.codec.files import FileCodec
+    from progcode_ext.codec.model import load_model
+    _, model = load_model(RUN)
+    images = np.random.default_rng(1).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8)
+    cpu, other = (FileCodec(model, active_kl=0.0, device=d) for d in ('cpu', DEVICE))
+    data, info = cpu.compress(images)
+    data_other, _ = other.compress(images)
+    assert data_other == data
+    for codec, file in ((other, data), (cpu, data_other)):
+        out = codec.decompress(file)
+        assert np.array_equal(out['images'], images)
+        assert np.array_equal(out['x_hats'][0], info['x_hats'][0])

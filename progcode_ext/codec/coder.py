@@ -17,14 +17,14 @@ given everything decoded: R under its marginal, G and B under the mixture reweig
 channels already decoded (one component choice for R, G and B, as the model defines it), so the
 product of the three is the model's own joint probability of the pixel.
 
-Determinism. Encoder and decoder must compute the same probabilities to the bit. The networks run
-in float64, and what the coder takes from them (prior means and log-stds, the mixture's
-parameters) is rounded to a grid of PARAM_GRID; from there on everything is integer arithmetic
-(integer.py: the pixels' and the latents' probabilities as exact counts). The rounding is not
-exact by construction (a value within a float difference of a boundary rounds differently on
-another machine: docs/codec.md measures how close they come), so every decode is verified
-against the SHA-256 of what the encoder made (files.py). Images are coded in batches of `batch`
-in file order, the same on both sides.
+Determinism. Encoder and decoder must compute the same probabilities to the bit. The decoder
+side of every stage (its conditioning encoder, priors, resnets and head) runs in fixed point
+(fixed_point.py: integer activations, sums exact in any order), and the probabilities are integer
+tables (integer.py), so every machine and device computes the same; only the encoder's posterior,
+whose choices the file carries, is float. Every decode is verified all the same: against the
+SHA-256 of what the encoder made (files.py), and each chunk against the decoder's re-encoding of
+it (`CheckedDecoder`). Images are coded in batches of `batch` in file order, the same on both
+sides.
 """
 import copy
 

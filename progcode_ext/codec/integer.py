@@ -3,7 +3,7 @@
 What a range coder needs from the model, both sides must compute to the bit. Floating-point
 `exp`, `tanh` and sums in whatever order a library's SIMD kernels choose can differ between
 machines in the last bit, and a bit is enough to derail a decoder. So everything the coder does
-with the model's outputs once they are rounded to integers (the grid of PARAM_GRID, coder.py) is
+with the model's outputs, integers of 2^-20 from the fixed-point head (fixed_point.py), is
 integer arithmetic here, with lookup tables built from Python integers (`Tables`: one exact
 decimal constant, e^(-1/1024), then integer multiplications and divisions, which every machine
 computes alike):
