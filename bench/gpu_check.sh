@@ -46,7 +46,8 @@ PROGCODE_DEVICE=cuda "$PYTHON" -m pytest -q \
     || parity=$?
 
 # 5 first (seconds; a failure must not wait for the benchmarks): the codec, CPU <-> GPU.
-PROGCODE_DEVICE=cuda "$PYTHON" -m pytest -q tests/test_codec_platforms.py -k device 2>&1 \
+PROGCODE_DEVICE=cuda "$PYTHON" -m pytest -q tests/test_codec_platforms.py \
+    tests/test_codec_fixed_point.py -k device 2>&1 \
     | tee "$OUT/codec_cuda.txt" || parity=$?
 
 # 2. Benchmarks: each run a fresh process, baseline and ours interleaved.

@@ -10,7 +10,7 @@ held in a float64 tensor, and every operation keeps it an integer exactly:
 
 * a convolution multiplies integer activations, clamped to +-2^LIMIT_BITS, by integer weights
   (the float weights times a power of two, rounded) and adds an integer bias. Every product and
-  every partial sum is an integer below 2^53 (`FixedConv` sizes each layer's weight precision so
+  every partial sum is an integer below 2^52 (`FixedConv` sizes each layer's weight precision so
   that even the worst case fits), so float64 adds them exactly, in any order, with or without
   FMA: a BLAS, a GPU or a single thread all give the same sum. The sum is then rounded back to
   2^-ACT_BITS by a power-of-two division and a floor, both exact;
@@ -40,7 +40,6 @@ from .integer import STEP_BITS, Tables
 ACT_BITS = 16            # activations are integers of 2^-16
 LIMIT_BITS = 12          # ... clamped to +-2^12 where they enter a convolution
 MAX_WEIGHT_BITS = 15     # a weight is an integer of at most 2^15 in magnitude (less for wide layers)
-EXACT = 2 ** 53          # float64 holds every integer below this exactly
 GELU_STEP_BITS = 8       # GELU tabulated every 2^-8 ...
 GELU_RANGE = 8           # ... on [-8, 8]; below -8 it is 0, above 8 the identity (to 2^-16)
 LOG_STD_RANGE = 12       # the latents' bins: prior log-stds clamped to [-12, 12]
@@ -79,29 +78,41 @@ def integer_matmul(a, b):
 
 def quantize(weight, bias, fan_in):
     """(integer weights, integer bias, shift) of a float layer with `fan_in` inputs per output:
-    weights round(w * 2^shift), |weight| < 2^bits, bits = min(MAX_WEIGHT_BITS, what keeps
-    fan_in * 2^bits * 2^(ACT_BITS + LIMIT_BITS) at most 2^52); the bias in integers of
-    2^-(ACT_BITS + shift), at most 2^52. So an accumulator of inputs clamped to +-2^LIMIT_BITS
-    stays below 2^53 whatever they are. All exact operations on the float weights (frexp of the
-    largest magnitude, a power of two, rounding): every machine quantises alike."""
+    weights round(w * 2^shift), at most 2^bits in magnitude, bits = min(MAX_WEIGHT_BITS, what
+    keeps fan_in * 2^bits * 2^(ACT_BITS + LIMIT_BITS) at most 2^51), and the bias in integers of
+    2^-(ACT_BITS + shift), at most 2^51 (the shift is lowered, giving the weights fewer bits,
+    where the bias would not fit). So an accumulator of inputs clamped to +-2^LIMIT_BITS stays
+    below 2^52 whatever they are, and its rounding (`shift_round`) below 2^53. All exact
+    operations on the float weights (frexp of the largest magnitude, a power of two, rounding):
+    every machine quantises alike."""
     w = weight.detach().double().cpu()
-    bits = min(MAX_WEIGHT_BITS, 52 - ACT_BITS - LIMIT_BITS - math.ceil(math.log2(fan_in)))
+    bits = min(MAX_WEIGHT_BITS, 51 - ACT_BITS - LIMIT_BITS - math.ceil(math.log2(fan_in)))
     if bits < 4:
         raise ValueError(f'a layer with {fan_in} inputs per output is too wide for exact '
                          'fixed-point arithmetic in float64')
-    largest = float(w.abs().max())
-    shift = bits - (math.frexp(largest)[1] if largest > 0 else 0)      # largest < 2^exponent
     b = bias.detach().double().cpu() if bias is not None else torch.zeros(w.shape[0],
                                                                              dtype=torch.float64)
-    return (torch.round(w * 2.0 ** shift),
-            torch.clamp(torch.round(b * 2.0 ** (shift + ACT_BITS)), -2.0 ** 52, 2.0 ** 52), shift)
+    shift = bits - _exponent(w)                      # |w| < 2^exponent, so |w| 2^shift < 2^bits
+    if b.abs().max() > 0:
+        shift = min(shift, 51 - ACT_BITS - _exponent(b))
+    return torch.round(w * 2.0 ** shift), torch.round(b * 2.0 ** (shift + ACT_BITS)), shift
+
+
+def _exponent(t):
+    """The e with max |t| < 2^e (frexp of the largest magnitude: exact); 0 for all zeros."""
+    largest = float(t.abs().max())
+    return math.frexp(largest)[1] if largest > 0 else 0
 
 
 class FixedConv:
     """A trained nn.Conv2d (stride 1, 'same' padding) on integer activations (`quantize`)."""
 
     def __init__(self, conv):
-        self.out_channels, self.in_channels, self.k, _ = conv.weight.shape
+        self.out_channels, self.in_channels, self.k, k2 = conv.weight.shape
+        if (self.k != k2 or tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1)
+                or conv.groups != 1 or tuple(conv.padding) != (self.k // 2,) * 2):
+            raise ValueError(f'the fixed-point codec takes square convolutions of stride 1 with '
+                             f"'same' padding (vdvae's get_1x1, get_3x3), not {conv}")
         self.padding = self.k // 2
         self.weight, self.bias, self.shift = quantize(
             conv.weight, conv.bias, self.in_channels * self.k * self.k)
@@ -109,7 +120,7 @@ class FixedConv:
         self.matrix = self.weight.reshape(self.out_channels, -1)
 
     def worst_case(self):
-        """The largest accumulator any input can produce: below 2^53 by construction."""
+        """The largest accumulator any input can produce: below 2^52 by construction."""
         return float(self.matrix.abs().sum(dim=1).max()) * LIMIT + float(self.bias.abs().max())
 
     def to(self, device):
