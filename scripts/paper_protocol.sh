@@ -19,6 +19,12 @@
 #   SEEDS       training seeds for Tables 1 and 2, e.g. 0,1,2 (default 0; the claims are checked on each)
 #   TABLE2_TARGETS  the lambdas Table 2 trains a stage 2 on (default: the whole family of Figure 2;
 #               fewer, e.g. 0.0512,0.0128,0.0032, to save 800K-step runs)
+#   TRAIN_FLAGS extra train.py flags for every run, after the preset's (e.g. "--width 16" for a
+#               small trial; scripts/rehearse.sh uses it)
+#   N_EVAL      evaluate on the first N validation images (default: all)
+#   JOBS        runs trained at once (default 1; each a process with cores / JOBS threads)
+#   ALLOW_STANDIN=1  where the FID / LPIPS weights are missing, use the labelled stand-ins
+#               (FD-<dataset>, PD-<dataset>; docs/metrics.md) instead of stopping
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PRESET=${1:?usage: scripts/paper_protocol.sh PRESET (svhn, celeba64 or lsun64)}
@@ -34,10 +40,12 @@ if [ "$NGPU" -gt 1 ]; then
     *) echo "LAUNCHER must be torchrun or mpiexec" >&2; exit 2 ;;
   esac
 fi
-common=(--hps "$PRESET" --out "$OUT" --steps "$STEPS" --seeds "${SEEDS:-0}" "--train_flags=--data_root $DATA_ROOT"
-        --loop "${LOOP:-progcode}")
+common=(--hps "$PRESET" --out "$OUT" --steps "$STEPS" --seeds "${SEEDS:-0}"
+        "--train_flags=--data_root $DATA_ROOT ${TRAIN_FLAGS:-}" --loop "${LOOP:-progcode}"
+        --n_eval "${N_EVAL:-0}" --jobs "${JOBS:-1}")
 fid=(); [ -n "${FID_WEIGHTS:-}" ] && fid=(--fid_weights "$FID_WEIGHTS")
 lpips=(); [ -n "${LPIPS_WEIGHTS:-}" ] && lpips=(--lpips_weights "$LPIPS_WEIGHTS")
+if [ "${ALLOW_STANDIN:-0}" = 1 ]; then fid+=(--allow_standin); lpips+=(--allow_standin); fi
 
 python -m progcode_ext.experiments.table1 "${common[@]}" --probe_steps "$PROBE_STEPS"
 python -m progcode_ext.experiments.rd_curve "${common[@]}"
