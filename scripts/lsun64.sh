@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # LSUN-Bedroom 64x64: per-GPU batch 6 (A.1), lambda 0.0064 for Table 2 (Section 5.2).
-# Whole protocol (Tables 1-2, Figures 1-4) at paper scale; see scripts/paper_protocol.sh for the variables.
+# Whole protocol (Tables 1-2, Figures 1-4) at paper scale; see scripts/paper_protocol.sh for the variables
+# (--plan: what it will train, with memory and time estimates, training nothing).
 #   DATA_ROOT=/data NGPU=8 scripts/lsun64.sh            # torchrun on 8 GPUs (LAUNCHER=mpiexec for mpiexec)
 # Expect weeks on one GPU: every stage is 800K steps (the probes 400K), as in the paper.
 set -euo pipefail
-exec "$(dirname "$0")/paper_protocol.sh" lsun64
+exec "$(dirname "$0")/paper_protocol.sh" lsun64 "$@"

@@ -5,6 +5,9 @@
 #   those models), Table 2 (progressive vs conventional two-stage HVAE, 800K steps per stage, FID on 50K samples,
 #   progressive stage 2 on every stage 1 of the family; the headline lambda by the rule in docs/results.md).
 # Called by scripts/{svhn,celeba64,lsun64}.sh. Re-running resumes: finished stages are never re-run.
+#   scripts/paper_protocol.sh PRESET --plan   (or scripts/svhn.sh --plan) trains nothing: it prints
+#   every run with its steps, batch, dependencies, what is done in OUT, and estimates of memory per
+#   GPU and GPU hours (progcode_ext/experiments/plan.py; PLAN_GPU=V100, A100 or H100).
 #
 # Environment:
 #   DATA_ROOT   where scripts/setup_<dataset>.sh put the data (required)
@@ -27,7 +30,12 @@
 #               (FD-<dataset>, PD-<dataset>; docs/metrics.md) instead of stopping
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PRESET=${1:?usage: scripts/paper_protocol.sh PRESET (svhn, celeba64 or lsun64)}
+PRESET=${1:?usage: scripts/paper_protocol.sh PRESET (svhn, celeba64 or lsun64) [--plan]}
+PLAN=${2:-}
+if [ -n "$PLAN" ] && [ "$PLAN" != --plan ]; then
+  echo "usage: scripts/paper_protocol.sh PRESET [--plan]" >&2; exit 2
+fi
+[ -n "$PLAN" ] && DATA_ROOT=${DATA_ROOT:-./}
 : "${DATA_ROOT:?set DATA_ROOT (run scripts/setup_<dataset>.sh DATA_ROOT first)}"
 OUT=${OUT:-experiments/$PRESET}
 NGPU=${NGPU:-1}
@@ -46,10 +54,14 @@ common=(--hps "$PRESET" --out "$OUT" --steps "$STEPS" --seeds "${SEEDS:-0}"
 fid=(); [ -n "${FID_WEIGHTS:-}" ] && fid=(--fid_weights "$FID_WEIGHTS")
 lpips=(); [ -n "${LPIPS_WEIGHTS:-}" ] && lpips=(--lpips_weights "$LPIPS_WEIGHTS")
 if [ "${ALLOW_STANDIN:-0}" = 1 ]; then fid+=(--allow_standin); lpips+=(--allow_standin); fi
+targets=(); [ -n "${TABLE2_TARGETS:-}" ] && targets=(--targets "$TABLE2_TARGETS")
+if [ -n "$PLAN" ]; then
+  exec python -m progcode_ext.experiments.plan --gpu "${PLAN_GPU:-H100}" "${common[@]}" \
+      --probe_steps "$PROBE_STEPS" "${targets[@]+"${targets[@]}"}"
+fi
 
 python -m progcode_ext.experiments.table1 "${common[@]}" --probe_steps "$PROBE_STEPS"
 python -m progcode_ext.experiments.rd_curve "${common[@]}"
 python -m progcode_ext.experiments.lpips_vs_mse "${common[@]}" "${lpips[@]}"
-targets=(); [ -n "${TABLE2_TARGETS:-}" ] && targets=(--targets "$TABLE2_TARGETS")
 python -m progcode_ext.experiments.table2 "${common[@]}" --n_samples "${N_SAMPLES:-50000}" "${fid[@]}" "${targets[@]}"
 echo "reports: $OUT/{table1,rd_curve,lpips_vs_mse,table2}/report.md"
