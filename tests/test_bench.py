@@ -232,3 +232,23 @@ def test_keep_freed_memory_applies_on_glibc_and_changes_no_result(monkeypatch):
         raise OSError(f'{name}: cannot open shared object file')
     monkeypatch.setattr(train_helpers.ctypes, 'CDLL', no_library)
     assert train_helpers.keep_freed_memory() is False
+
+
+@pytest.mark.slow
+def test_memory_estimates_and_measures_a_step(tmp_path):
+    """bench/memory.py on the toy's presets: the meta-device estimate of a step's activations per
+    image agrees with the CPU's measured peak RSS difference between batch 2 and batch 1 within a
+    factor of 3, and the largest batch per GPU grows with the GPU's memory."""
+    memory = load_bench(BENCH.parent / 'memory.py')
+    out = tmp_path / 'memory.json'
+    memory.main(['--presets', 'mnist16', '--kinds', 'vdvae,stage2', '--measure', 'fp32',
+                 '--json', str(out)])
+    rows = {r['kind']: r for r in json.loads(out.read_text())['rows']}
+    assert rows['stage2']['trained'] < rows['stage2']['params']      # stage 1 frozen
+    for row in rows.values():
+        estimate = row['activation_bytes_per_image']
+        measured = row['measured_fp32']['activation_bytes_per_image']
+        assert estimate / 3 < measured < 3 * estimate, (row['kind'], estimate, measured)
+        fits = [row['largest_batch'][str(g)] for g in memory.GPU_MEMORY]
+        assert fits == sorted(fits) and fits[0] > 0
+        assert row['step_bytes'] == row['fixed_bytes'] + row['batch'] * estimate
