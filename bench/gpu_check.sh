@@ -9,7 +9,9 @@
 #   4. ensembles (vdvae/ensemble.py) against separate processes on the one GPU: the toy's VDVAE and
 #      stage 2, K = 1, 2, 4, 8, and the cifar10 VDVAE at batch 16, K = 1, 2, 4;
 #   5. the codec across devices (tests/test_codec_platforms.py with PROGCODE_DEVICE=cuda): a file
-#      compressed on the CPU decodes on the GPU and back, and both compress to the same bytes.
+#      compressed on the CPU decodes on the GPU and back, and both compress to the same bytes;
+#   6. bench/memory.py's estimate of a paper-scale step's memory against the GPU's real peak
+#      (svhn, every kind of run, at the paper's batch, fp32 and bf16).
 # Then copy the printed figures, with the GPU's name from $OUT/gpu.json, into BENCHMARKS.md.
 # Exits non-zero if the parity or codec tests failed (after running the benchmarks anyway).
 set -euo pipefail
@@ -71,6 +73,10 @@ done
 "$PYTHON" bench/bench_ensemble.py --device cuda --hps cifar10 --n_batch 16 --kinds vdvae \
     --ks 1,2,4 --runs 2 --json "$OUT/bench_ensemble_cuda_cifar10.json" \
     2>&1 | tee "$OUT/bench_ensemble_cuda_cifar10.txt"
+
+# 6. Memory of a paper-scale step: estimate against the real peak.
+"$PYTHON" bench/memory.py --presets svhn --device cuda --measure fp32,bf16 \
+    --json "$OUT/memory_cuda_svhn.json" 2>&1 | tee "$OUT/memory_cuda_svhn.txt"
 
 if [ "$parity" -ne 0 ]; then
     echo "parity or codec tests on CUDA FAILED (see $OUT/parity_cuda.txt, $OUT/codec_cuda.txt)"

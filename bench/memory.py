@@ -17,7 +17,8 @@ from which the largest batch per GPU on 16, 40 and 80 GiB and the GPUs the paper
 fresh process, k the images whose estimated activations reach 256 MiB (1 for a paper preset);
 their difference over k is the activation memory of one image as measured (the CPU allocator's
 and oneDNN's own buffers included). bf16 means torch.autocast around the forward, as train.py
---amp bf16.
+--amp bf16. `--device cuda` measures on a GPU instead, at the paper's batch itself: torch's peak
+allocation of a step against the estimate's total (bench/gpu_check.sh, step 6).
 """
 import argparse
 import json
@@ -57,8 +58,9 @@ def estimate(preset, kind):
                 gpus_for_batch={g: (None if not b else -(-batch // b)) for g, b in fits.items()})
 
 
-def worker(preset, kind, batch, amp):
-    """One training step at `batch` in this process; prints the peak RSS in bytes."""
+def worker(preset, kind, batch, amp, device='cpu'):
+    """One training step at `batch` in this process; prints the peak memory in bytes (the RSS on
+    the CPU, torch's peak allocation on a GPU)."""
     import torch
     from progcode_ext.experiments.plan import nothing_loaded
     from vdvae import train_helpers
@@ -69,16 +71,28 @@ def worker(preset, kind, batch, amp):
     H = setup_hparams(argv_of(preset, kind) + ['--n_batch', str(batch)])
     H.skip_threshold = -1
     with nothing_loaded():
-        model, ema = build_model(H), build_model(H)
+        model, ema = build_model(H).to(device), build_model(H).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     optimizer, _ = train_helpers.build_optimizer(H, model)
-    x = torch.rand(batch, H.image_size, H.image_size, H.image_channels) * 2 - 1
+    x = torch.rand(batch, H.image_size, H.image_size, H.image_channels, device=device) * 2 - 1
 
     def autocast():
-        return torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp == 'bf16')
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=amp == 'bf16')
     train_helpers.training_step(H, x, x, model, ema, optimizer, autocast=autocast)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if device == 'cpu':
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    else:
+        print(torch.cuda.max_memory_allocated())
+
+
+def measure_cuda(preset, kind, amp, batch):
+    out = subprocess.run([sys.executable, __file__, '--worker', preset, kind, str(batch), amp,
+                          'cuda'], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f'{preset} {kind} batch {batch} {amp} on cuda: {out.stderr[-1500:]}')
+    return dict(peak_allocated=int(out.stdout.split()[-1]), batch=batch)
 
 
 def measure(preset, kind, amp, estimate_per_image):
@@ -99,21 +113,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--presets', default='svhn,celeba64,lsun64')
     p.add_argument('--kinds', default=','.join(KINDS))
-    p.add_argument('--measure', default='', help='fp32 and/or bf16: also measure on the CPU')
+    p.add_argument('--measure', default='', help='fp32 and/or bf16: also measure a step')
+    p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
+                   help='where --measure measures (cuda: at the paper\'s batch)')
     p.add_argument('--json', default=None)
-    p.add_argument('--worker', nargs=4, help=argparse.SUPPRESS)
+    p.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        preset, kind, batch, amp = args.worker
-        return worker(preset, kind, int(batch), amp)
+        preset, kind, batch, amp, *device = args.worker
+        return worker(preset, kind, int(batch), amp, *device)
     rows = []
     for preset in args.presets.split(','):
         for kind in args.kinds.split(','):
             row = estimate(preset, kind)
             for amp in filter(None, args.measure.split(',')):
-                row[f'measured_{amp}'] = measure(preset, kind, amp,
-                                                 row['activation_bytes_per_image'])
+                row[f'measured_{amp}'] = (
+                    measure(preset, kind, amp, row['activation_bytes_per_image'])
+                    if args.device == 'cpu' else measure_cuda(preset, kind, amp, row['batch']))
             rows.append(row)
+            if args.device == 'cuda':
+                print(preset, kind, 'estimate', f"{row['step_bytes'] / GIB:.2f} GiB", *(
+                    f"measured {amp}: {row[f'measured_{amp}']['peak_allocated'] / GIB:.2f} GiB"
+                    for amp in filter(None, args.measure.split(','))), flush=True)
+                continue
             measured = ''.join(
                 f'; measured {amp}: {row[f"measured_{amp}"]["activation_bytes_per_image"] / GIB:.2f} '
                 f'GiB/image, peak {row[f"measured_{amp}"]["peak_rss_larger"] / GIB:.2f} GiB at batch '
