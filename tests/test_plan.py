@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from progcode_ext.experiments import plan
-from progcode_ext.experiments import runs as runs_module
 from vdvae import get_hparams
 from vdvae.errors import UserError
 from vdvae.models import build_model
