@@ -14,7 +14,8 @@ from which the largest batch per GPU on 16, 40 and 80 GiB and the GPUs the paper
 
 `--measure fp32[,bf16]` checks the estimate where it can: the peak RSS of a CPU training step
 (`vdvae.train_helpers.training_step`, fused AdamW, EMA) at batch 1 and at batch 1 + k, each in a
-fresh process, k the images whose estimated activations reach 256 MiB (1 for a paper preset);
+fresh process, k the images whose estimated activations reach `--measure_mib` (default 256: k = 1
+for a paper preset; a toy model needs more for its activations to stand out of the RSS's noise);
 their difference over k is the activation memory of one image as measured (the CPU allocator's
 and oneDNN's own buffers included). bf16 means torch.autocast around the forward, as train.py
 --amp bf16. `--device cuda` measures on a GPU instead, at the paper's batch itself: torch's peak
@@ -95,8 +96,8 @@ def measure_cuda(preset, kind, amp, batch):
     return dict(peak_allocated=int(out.stdout.split()[-1]), batch=batch)
 
 
-def measure(preset, kind, amp, estimate_per_image):
-    extra = max(1, -(-(256 * 2 ** 20) // estimate_per_image))
+def measure(preset, kind, amp, estimate_per_image, mib=256):
+    extra = max(1, -(-(mib * 2 ** 20) // estimate_per_image))
     peaks = []
     for batch in (1, 1 + extra):
         out = subprocess.run([sys.executable, __file__, '--worker', preset, kind, str(batch), amp],
@@ -114,6 +115,8 @@ def main(argv=None):
     p.add_argument('--presets', default='svhn,celeba64,lsun64')
     p.add_argument('--kinds', default=','.join(KINDS))
     p.add_argument('--measure', default='', help='fp32 and/or bf16: also measure a step')
+    p.add_argument('--measure_mib', type=int, default=256,
+                   help='CPU: the larger batch adds images worth this many MiB of activations')
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
                    help='where --measure measures (cuda: at the paper\'s batch)')
     p.add_argument('--json', default=None)
@@ -128,7 +131,8 @@ def main(argv=None):
             row = estimate(preset, kind)
             for amp in filter(None, args.measure.split(',')):
                 row[f'measured_{amp}'] = (
-                    measure(preset, kind, amp, row['activation_bytes_per_image'])
+                    measure(preset, kind, amp, row['activation_bytes_per_image'],
+                            args.measure_mib)
                     if args.device == 'cpu' else measure_cuda(preset, kind, amp, row['batch']))
             rows.append(row)
             if args.device == 'cuda':
