@@ -43,8 +43,8 @@ STEPS=${STEPS:-800000}
 PROBE_STEPS=${PROBE_STEPS:-400000}
 if [ "$NGPU" -gt 1 ]; then
   case "${LAUNCHER:-torchrun}" in
-    torchrun) export LAUNCH="torchrun --nproc_per_node $NGPU" ;;
-    mpiexec) export LAUNCH="mpiexec -n $NGPU" ;;
+    torchrun) export LAUNCH="torchrun --standalone --nproc_per_node $NGPU" ;;
+    mpiexec) export LAUNCH="mpiexec -n $NGPU ${PYTHON:-python}" ;;
     *) echo "LAUNCHER must be torchrun or mpiexec" >&2; exit 2 ;;
   esac
 fi

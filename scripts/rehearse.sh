@@ -8,9 +8,12 @@
 # Environment (defaults in brackets): OUT [rehearsal], STEPS [5], PROBE_STEPS [5], SEEDS [0],
 #   N_SAMPLES [64], N_EVAL [16], JOBS [2], TABLE2_TARGETS [0.0512,0.0032: two stage 2s, not seven],
 #   TRAIN_FLAGS ["--width 16 --n_batch 4": the paper's blocks at a sixth of the width... of 384],
-#   LOOP, NGPU, LAUNCHER, FID_WEIGHTS, LPIPS_WEIGHTS as for scripts/paper_protocol.sh. Without
-#   FID/LPIPS weights the labelled stand-ins are used (ALLOW_STANDIN=1), trained on the made-up
-#   images in OUT's own metrics cache, never the user's.
+#   LOOP, NGPU, LAUNCHER (JOBS=1 with NGPU > 1), FID_WEIGHTS, LPIPS_WEIGHTS as for
+#   scripts/paper_protocol.sh; METRICS [standin]: standin uses the labelled stand-ins
+#   (ALLOW_STANDIN=1) where no FID/LPIPS weights are given, trained on the made-up images in OUT's
+#   own metrics cache, never the user's; random runs the real pytorch-fid and lpips on weight files
+#   of random values written into OUT (needs '.[eval]' and a torchvision that imports), and the
+#   reports must then show FID and LPIPS, not a stand-in.
 # A failure names the dataset and the stage it failed in, and exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +29,19 @@ OUT=$(cd "$OUT" && pwd)
 export PROGCODE_CACHE="$OUT/metrics-cache"
 export STEPS=${STEPS:-5} PROBE_STEPS=${PROBE_STEPS:-5} SEEDS=${SEEDS:-0} N_SAMPLES=${N_SAMPLES:-64}
 export N_EVAL=${N_EVAL:-16} JOBS=${JOBS:-2} TABLE2_TARGETS=${TABLE2_TARGETS:-0.0512,0.0032}
-export TRAIN_FLAGS=${TRAIN_FLAGS:---width 16 --n_batch 4} ALLOW_STANDIN=1
+export TRAIN_FLAGS=${TRAIN_FLAGS:---width 16 --n_batch 4}
+METRICS=${METRICS:-standin}
+case "$METRICS" in
+    standin) export ALLOW_STANDIN=1 ;;
+    random)
+        export ALLOW_STANDIN=0 FID_WEIGHTS="$OUT/weights/fid-random.pth"
+        export LPIPS_WEIGHTS="$OUT/weights/alexnet-random.pth"
+        if [ ! -s "$LPIPS_WEIGHTS" ]; then
+            rm -rf "$OUT/weights"
+            python -m progcode_ext.experiments.rehearsal weights "$OUT/weights"
+        fi ;;
+    *) echo "METRICS must be standin or random" >&2; exit 2 ;;
+esac
 
 stage=''
 dataset=''
@@ -59,6 +74,11 @@ for dataset in "${datasets[@]}"; do
     for report in table1 rd_curve lpips_vs_mse table2; do
         test -s "$root/experiments/$report/report.md" || { echo "no $report report" >&2; false; }
     done
+    if [ "$METRICS" = random ]; then
+        stage="the reports' metrics (the real FID and LPIPS, not a stand-in)"
+        grep -q "Perceptual metric: \*\*LPIPS-alex\*\*" "$root/experiments/lpips_vs_mse/report.md"
+        grep -q "Sample metric: \*\*FID\*\*" "$root/experiments/table2/report.md"
+    fi
     stage="scripts/$dataset.sh again (resumed: nothing may train)"
     DATA_ROOT="$data" OUT="$root/experiments" "scripts/$dataset.sh" > "$root/resume.log" 2>&1
     if grep -q ": training " "$root/resume.log"; then

@@ -4,6 +4,7 @@ a convergence check, and the demo report states each claim. Plus the run planner
 convergence checks on their own."""
 import json
 import os
+import socket
 import sys
 
 import pytest
@@ -387,6 +388,25 @@ def test_a_plan_grows_once_the_runs_its_choice_reads_have_finished(cfg, tmp_path
     assert order.index('chosen') > order.index('rule')
     with pytest.raises(ExperimentError, match='wait for runs that cannot finish'):
         runs.run_all(local, [a], (['never'], lambda: []))
+
+
+def test_launches_that_cannot_share_a_machine_are_kept_apart(tmp_path, monkeypatch):
+    """Upstream's loop starts torch.distributed on --port for every run: two at once each get a
+    free port of their own. A launcher (NGPU > 1) takes every GPU for one run: several jobs at
+    once are refused before anything trains."""
+    cfg = demo.config(str(tmp_path), 'quick', jobs=2)
+    cfg.loop, cfg.vdvae_root = 'upstream', None
+    ports = [int(c[c.index('--port') + 1]) for c in
+             (runs.launch_command(cfg, Run('a', 'mnist16', 1), 0, ['torchrun']) for _ in range(2))]
+    assert ports[0] != ports[1]
+    for port in ports:                               # free when given
+        with socket.socket() as sock:
+            sock.bind(('127.0.0.1', port))
+    cfg.loop = 'progcode'
+    monkeypatch.setenv('LAUNCH', 'torchrun --standalone --nproc_per_node 2')
+    with pytest.raises(ExperimentError, match='set JOBS=1'):
+        runs.run_all(cfg, [Run('a', 'mnist16', 1)])
+    assert not os.path.exists(os.path.join(cfg.out, 'runs', 'a'))
 
 
 def test_plan_checks_and_critical_path():

@@ -37,6 +37,8 @@ fid_score = _import_or_skip('pytorch_fid.fid_score')
 lpips = _import_or_skip('lpips')
 
 from progcode_ext import metrics                                       # noqa: E402
+from progcode_ext.experiments.rehearsal import (random_alexnet_weights,  # noqa: E402
+                                                random_fid_weights)
 from progcode_ext.metrics import MissingWeightsError, inception, lpips_metric  # noqa: E402
 from progcode_ext.metrics._common import sha256_prefix                 # noqa: E402
 from progcode_ext.metrics.frechet import frechet_distance              # noqa: E402
@@ -87,35 +89,8 @@ def same_state(a, b):
 
 @pytest.fixture(scope='module')
 def fid_file(tmp_path_factory):
-    """A random FID Inception in pytorch-fid's own layout: the state dict of
-    pytorch_fid.inception.fid_inception_v3() (torchvision's Inception v3 with FID's blocks and a
-    1008-way fc), built by the package itself with its download replaced by the new network's own
-    weights. Convolutions get He-scaled draws (the default initialisation shrinks the pool3
-    features to ~1e-8) and batch norms random statistics, so that a loader that kept defaults
-    anywhere would show."""
-    pfi = pytorch_fid_inception
-    built = []
-    real = pfi._inception_v3
-
-    def recording(*args, **kwargs):
-        built.append(real(*args, **kwargs))
-        return built[-1]
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(pfi, '_inception_v3', recording)
-        m.setattr(pfi, 'load_state_dict_from_url', lambda url, *a, **k: built[-1].state_dict())
-        torch.manual_seed(0)
-        state = pfi.fid_inception_v3().state_dict()
-    g = torch.Generator().manual_seed(1)
-    for key, value in state.items():
-        if value.dim() == 4:
-            value.copy_(torch.randn(value.shape, generator=g) * (2 / value[0].numel()) ** 0.5)
-        elif key.endswith('running_mean') or key.endswith('.bias'):
-            value.copy_(torch.randn(value.shape, generator=g) * 0.1)
-        elif key.endswith('running_var') or key.endswith('bn.weight'):
-            value.copy_(torch.rand(value.shape, generator=g) + 0.5)
-    path = tmp_path_factory.mktemp('fid') / 'random-inception.pth'
-    torch.save(state, path)
-    return path
+    """A random FID Inception in pytorch-fid's own layout (the rehearsal's maker)."""
+    return random_fid_weights(tmp_path_factory.mktemp('fid') / 'random-inception.pth')
 
 
 def fid_reference_model(fid_file, hub):
@@ -219,9 +194,9 @@ LPIPS_STEMS = {'alex': 'alexnet-owt', 'vgg': 'vgg16'}
 @pytest.fixture(scope='module')
 def alex_file(tmp_path_factory):
     """A random torchvision AlexNet, whole (features and classifier, as torchvision's file)."""
-    torch.manual_seed(2)
-    state = torchvision.models.alexnet(weights=None).state_dict()
-    return named_like_torchvision(state, tmp_path_factory.mktemp('alex'), 'alex')
+    folder = tmp_path_factory.mktemp('alex')
+    state = torch.load(random_alexnet_weights(folder / 'random.pth'), weights_only=True)
+    return named_like_torchvision(state, folder, 'alex')
 
 
 @pytest.fixture
@@ -320,6 +295,12 @@ def test_lpips_weights_missing_or_not_fitting_the_trunk(alex_file, hub, monkeypa
         lpips_metric.load_lpips('alex', None)
     message = str(e.value)
     assert 'alexnet-owt-7be5be79.pth' in message and '--lpips_weights' in message
+    # a trunk of other values (a rehearsal's random one): it computes, with a warning, as for FID
+    path, _ = alex_file
+    with pytest.warns(RuntimeWarning, match='sha256 starts with .* not 7be5be79'):
+        model = lpips_metric.load_lpips('alex', str(path))
+    x = rng_images(2, 32, 1, seed=9)
+    assert np.all(lpips_metric.lpips_distance(x, x[::-1].copy(), model) > 0)
     # an AlexNet file given for the VGG trunk (named with its own prefix, so only the fit fails)
     path, (name, _) = alex_file
     entry = (name.replace('alexnet-owt', 'vgg16'), 'https://example/')

@@ -2,7 +2,9 @@
 run of Tables 1-2 and Figures 2 and 4 once, with its batch, dependencies, what is done, and the
 cost estimates from the model built on the meta device."""
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,31 @@ def test_the_protocol_script_plans_and_trains_nothing(tmp_path):
     bad = subprocess.run(['bash', str(REPO / 'scripts' / 'paper_protocol.sh'), 'mnist16',
                           '--plot'], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and 'usage:' in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('launcher', ['torchrun', 'mpiexec'])
+def test_the_launch_it_plans_for_two_gpus_starts_two_ranks(tmp_path, launcher):
+    """NGPU=2: the plan says how its first run starts, and that launcher really starts train.py
+    on two ranks (here with --help: each rank prints it). The protocol's rehearsal trains
+    through both (scripts/rehearse.sh with NGPU=2 LAUNCHER=...)."""
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, OUT=str(tmp_path / 'out'), STEPS='100', PROBE_STEPS='50', NGPU='2',
+               TABLE2_TARGETS='0.0512', LAUNCHER=launcher, PYTHON=sys.executable,
+               PATH=bindir + os.pathsep + os.environ.get('PATH', ''))
+    done = subprocess.run(['bash', str(REPO / 'scripts' / 'paper_protocol.sh'), 'mnist16', '--plan'],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    command = shlex.split(done.stdout.split('The first run starts as: `')[1].split('`')[0])
+    train_py = command.index(str(REPO / 'train.py'))
+    expected = {'torchrun': ['torchrun', '--standalone', '--nproc_per_node', '2'],
+                'mpiexec': ['mpiexec', '-n', '2', sys.executable]}[launcher]
+    assert command[:train_py] == expected and '--desc' in command
+    ran = subprocess.run(command[:train_py + 1] + ['--help'], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.count('usage: ') == 2
+    plain = subprocess.run(['bash', str(REPO / 'scripts' / 'paper_protocol.sh'), 'mnist16',
+                            '--plan'], capture_output=True, text=True, cwd=REPO,
+                           env=dict(env, NGPU='1'))
+    assert f'starts as: `{shlex.quote(sys.executable)} {REPO / "train.py"}' in plain.stdout

@@ -24,6 +24,9 @@ import torch
 
 from conftest import write_cifar
 from progcode_ext.upstream import CheckoutError, recognise
+from vdvae.data import set_up_data
+from vdvae.hps import read_hparams
+from vdvae.models import build_model
 from progcode_ext.upstream.patcher import BEGIN, PatchError, patch
 from progcode_ext.upstream.patcher import main as patcher_main
 
@@ -402,6 +405,23 @@ def test_upstreams_own_vae_and_data_with_the_fixes(each_runnable_checkout):
     saved = load(checkout / 'runs' / 'probe' / 'latest-model-ema.th')
     encoder = {k[len('module.'):]: v for k, v in model.items() if k.startswith('module.encoder.')}
     assert encoder and all(torch.equal(saved[k], v) for k, v in encoder.items())   # the frozen q
+
+    # Table 1's gamma-optimal decoder without --rate_target: upstream's loop, too, measures
+    # gamma = R_K of the trained VDVAE first (progcode's loader, the validation split)
+    proc = plugin('--hps', 'cifar10_masked', '--mode', 'gamma_optimal', '--encoder_path',
+                  str(run_dir / 'latest-model.th'), *TINY, *stop_at(2),
+                  '--data_root', str(checkout / 'cifar'), '--save_dir', str(checkout / 'runs'),
+                  '--desc', 'gamma', cwd=checkout)
+    gamma = load(checkout / 'runs' / 'gamma' / 'latest-model.th')[
+        'module.objective.multiplier.target_value']
+    H = read_hparams(checkout / 'runs' / 'gamma' / 'hparams.json')
+    expected = build_model(H)
+    _, _, valid, preprocess = set_up_data(H)
+    torch.manual_seed(H.seed)
+    expected.calibrate(valid, preprocess, 'cpu', lambda line: None)
+    assert float(gamma) == pytest.approx(float(expected.objective.multiplier.target), rel=1e-6)
+    assert float(gamma) != 1.0 and f'gamma = R_K of the trained model = {float(gamma):.6f}' in (
+        (checkout / 'runs' / 'gamma' / 'log.txt').read_text())
 
 
 @pytest.mark.slow

@@ -75,7 +75,9 @@ def report(cfg):
               f'| target | MSE | {name} |', '|---|---|---|']
     lines += [f"| {r['target']:g} | {r['mse']:.5f} | {r['perceptual']:.4f} |" for r in rows]
     verdict = cv.verdict([monotone], checks)
-    lines += ['', f'Spearman rank correlation over models: {rho:.3f}. {name} monotone in MSE: '
+    rho_text = (f'{rho:.3f}' if rho == rho else
+                'undefined (the MSEs or the distances are all equal)')
+    lines += ['', f'Spearman rank correlation over models: {rho_text}. {name} monotone in MSE: '
                f"**{verdict}**" + (f' — {cv.describe_failures(checks)}' if cv.failures(checks) else '')
                + '.', '', '![](lpips_vs_mse.png)']
     results = dict(dataset=cfg.hps, seed=cfg.seeds[0], metric=name, rows=rows, spearman=rho,

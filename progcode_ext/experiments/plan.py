@@ -17,6 +17,7 @@ shown at the first target: the rule picks the headline only once the family has 
 every target costs the same.
 """
 import argparse
+import os
 import shlex
 import sys
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from vdvae.hps import setup_hparams
 from vdvae.models import build_model
 
 from . import cli, rd_curve, table1, table2
-from .runs import steps_done
+from .runs import launch_command, steps_done
 
 # Dense fp32 rates (TFLOP/s, vendor data sheets, no TF32, no sparsity) and memory of named GPUs.
 GPUS = {'V100': (15.7, 32), 'A100': (19.5, 80), 'H100': (67.0, 80)}
@@ -129,7 +130,13 @@ def rows(cfg, runs, gpu):
     return out
 
 
-def render(cfg, out, gpu, headline):
+def first_command(cfg, runs):
+    """How the first run will be started: the launcher (LAUNCH, e.g. NGPU > 1) and the loop."""
+    launcher = shlex.split(os.environ.get('LAUNCH', '')) or [sys.executable]
+    return shlex.join(launch_command(cfg, runs[0], 0, launcher))
+
+
+def render(cfg, out, gpu, headline, command=''):
     rate, memory = GPUS[gpu]
     lines = [f'Plan of the paper\'s protocol for {cfg.hps} in {cfg.out} ({len(out)} runs; '
              f'Table 2\'s headline runs shown at lambda {headline:g}). Estimates, not '
@@ -148,6 +155,8 @@ def render(cfg, out, gpu, headline):
     total = sum(r['hours'] for r in out)
     lines += ['', f'Total: {total:,.0f} {gpu} hours left ({total / 24:,.1f} days on one GPU); '
               f'the largest run needs {max(r["gib"] for r in out):.1f} GiB per GPU.']
+    if command:
+        lines += ['', f'The first run starts as: `{command}`']
     return '\n'.join(lines)
 
 
@@ -161,7 +170,8 @@ def run(argv):
               'experiments (--hps, --out, --steps, --probe_steps, --seeds, --train_flags, ...)')
         return
     cfg, runs, headline = protocol_runs(rest)
-    print(render(cfg, rows(cfg, runs, known.gpu), known.gpu, headline))
+    print(render(cfg, rows(cfg, runs, known.gpu), known.gpu, headline,
+                 first_command(cfg, runs)))
 
 
 def main(argv=None):

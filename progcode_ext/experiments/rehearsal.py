@@ -6,6 +6,8 @@ as it converts the real thing.
     python -m progcode_ext.experiments.rehearsal celeba64 DIR   # DIR/img_align_celeba/*.jpg and
                                                                 # DIR/list_eval_partition.txt
     python -m progcode_ext.experiments.rehearsal lsun64 DIR     # DIR/{train,val}/*.jpg
+    python -m progcode_ext.experiments.rehearsal weights DIR    # DIR/fid-random.pth and
+                                                                # DIR/alexnet-random.pth
 
 The images are smooth random colour fields (a few Gaussian blobs each), at the sources' real
 sizes: SVHN 32x32 in MATLAB's (H, W, C, N) layout with labels 1..10; CelebA's aligned 178x218
@@ -13,6 +15,11 @@ JPEGs with the official partition file's format (0 train, 1 valid, 2 test); LSUN
 JPEGs of varied sizes and aspect ratios. SVHN's and LSUN's validation splits are the last 5,000
 training images (vdvae.data.VALID_COUNT), so those two get 5,000 more training images than the
 few hundred a rehearsal trains on.
+
+`weights` writes networks of random values in the layouts of pytorch-fid's Inception file and of
+torchvision's AlexNet file, for rehearsing the real FID and LPIPS path (--fid_weights,
+--lpips_weights) where the real weights cannot be downloaded: the numbers they give mean nothing,
+the code they run is the real one. They need pytorch-fid, lpips and torchvision ('.[eval]').
 """
 import argparse
 import os
@@ -74,7 +81,57 @@ def make_lsun64(out, rng):
                         [f'{i:07d}.jpg' for i in index])
 
 
-MAKERS = {'svhn': make_svhn, 'celeba64': make_celeba64, 'lsun64': make_lsun64}
+def random_fid_weights(path, seed=0):
+    """A random FID Inception in pytorch-fid's own layout, saved to `path`: the state dict of
+    pytorch_fid.inception.fid_inception_v3() (torchvision's Inception v3 with FID's blocks and a
+    1008-way fc), built by the package itself with its download replaced by the new network's
+    own weights. Convolutions get He-scaled draws (the default initialisation shrinks the pool3
+    features to ~1e-8) and batch norms random statistics, so that a loader that kept defaults
+    anywhere would show."""
+    import torch
+    from pytorch_fid import inception as pfi
+    built = []
+    real, download = pfi._inception_v3, pfi.load_state_dict_from_url
+
+    def recording(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+    pfi._inception_v3 = recording
+    pfi.load_state_dict_from_url = lambda url, *a, **k: built[-1].state_dict()
+    try:
+        torch.manual_seed(seed)
+        state = pfi.fid_inception_v3().state_dict()
+    finally:
+        pfi._inception_v3, pfi.load_state_dict_from_url = real, download
+    g = torch.Generator().manual_seed(seed + 1)
+    for key, value in state.items():
+        if value.dim() == 4:
+            value.copy_(torch.randn(value.shape, generator=g) * (2 / value[0].numel()) ** 0.5)
+        elif key.endswith('running_mean') or key.endswith('.bias'):
+            value.copy_(torch.randn(value.shape, generator=g) * 0.1)
+        elif key.endswith('running_var') or key.endswith('bn.weight'):
+            value.copy_(torch.rand(value.shape, generator=g) + 0.5)
+    torch.save(state, path)
+    return path
+
+
+def random_alexnet_weights(path, seed=2):
+    """A random torchvision AlexNet, whole (features and classifier, as torchvision's file)."""
+    import torch
+    import torchvision
+    torch.manual_seed(seed)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return path
+
+
+def make_weights(out, rng):
+    os.makedirs(out, exist_ok=True)
+    random_fid_weights(os.path.join(out, 'fid-random.pth'))
+    random_alexnet_weights(os.path.join(out, 'alexnet-random.pth'))
+
+
+MAKERS = {'svhn': make_svhn, 'celeba64': make_celeba64, 'lsun64': make_lsun64,
+          'weights': make_weights}
 
 
 def run(argv):

@@ -21,6 +21,7 @@ chain's stage 2 after the run of its stage 1):
 import argparse
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -120,8 +121,18 @@ def launch_command(cfg, run, done, launcher):
     unfinished starts again: upstream's loop cannot continue a run exactly)."""
     if upstream_loop(cfg):
         root = ['--vdvae_root', cfg.vdvae_root] if cfg.vdvae_root else []
-        return launcher + ['-m', 'progcode_ext.upstream', *root, *run_argv(cfg, run)]
+        # upstream's loop always starts torch.distributed on --port (default 29500): runs trained
+        # at once (--jobs) each need their own
+        return launcher + ['-m', 'progcode_ext.upstream', *root, *run_argv(cfg, run),
+                           '--port', str(free_port())]
     return launcher + [os.path.join(REPO, 'train.py'), *_command(cfg, run, done)]
+
+
+def free_port():
+    """A TCP port no process listens on now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def changed_settings(folder, argv):
@@ -186,6 +197,11 @@ def run_all(cfg, runs, then=None):
     queue = Queue(cfg, plan, then)
     if queue.waiting or queue.then:
         jobs = max(1, getattr(cfg, 'jobs', 1) or 1)
+        if jobs > 1 and os.environ.get('LAUNCH'):
+            raise ExperimentError(
+                f'LAUNCH={os.environ["LAUNCH"]!r} trains each run on all the GPUs the launcher '
+                f'starts, but {jobs} jobs would train {jobs} runs at once (and without it): set '
+                'JOBS=1 (--jobs 1) with NGPU > 1')
         (_run_sequentially if jobs == 1 else _run_in_parallel)(cfg, queue, jobs)
     return {s.name: run_dir(cfg, s.name) for s in queue.plan}
 

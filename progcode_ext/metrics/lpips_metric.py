@@ -12,6 +12,7 @@ repeated to 3, mapped to [-1, 1] as LPIPS expects; no resizing (as the package).
 raises MissingWeightsError naming the file and how to get it. `lpips` is imported lazily.
 """
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -86,11 +87,11 @@ def load_lpips(net='alex', backbone_weights=None, linear_weights=None, device='c
                                      how_to_get_lpips_weights(net), '--lpips_weights')
         expected = name.rsplit('-', 1)[1].split('.')[0]
         found = sha256_prefix(backbone_weights)
-        if found != expected:
-            raise MissingWeightsError(f'{backbone_weights}: sha256 starts with {found}, but '
-                                      f'torchvision\'s {name} starts with {expected}; it is not '
-                                      f'that file. {how_to_get_lpips_weights(net)}',
-                                      path=backbone_weights, url=url)
+        if found != expected:        # as for FID: any trunk computes, only this one compares
+            warnings.warn(f'{backbone_weights}: sha256 starts with {found}, not {expected} as '
+                          f'torchvision\'s {name} should; distances may not be comparable with '
+                          f'published LPIPS. {how_to_get_lpips_weights(net)}',
+                          RuntimeWarning, stacklevel=2)
     if linear_weights is not None and not os.path.isfile(linear_weights):
         raise MissingWeightsError(f'LPIPS linear-layer weights file not found: {linear_weights}; '
                                   f'the v0.1 files ship inside the lpips package '

@@ -20,7 +20,6 @@ import torch
 
 from vdvae.contract import training_loss
 from vdvae.distributed import all_reduce_mean
-from vdvae.errors import ConfigError
 from vdvae.models import build_model
 
 
@@ -64,11 +63,6 @@ def vae_factory(upstream_vae):
         name = H.get('model') or 'vdvae'
         if name == 'vdvae':
             return upstream_vae(H)
-        if name == 'masked' and H.get('mode') == 'gamma_optimal' and not H.get('rate_target'):
-            raise ConfigError('gamma-optimal training under upstream\'s loop needs --rate_target '
-                              '(gamma, nats/dim): upstream\'s loop has no step that measures the '
-                              'trained R_K. Take R_K from `python -m progcode_ext.experiments.'
-                              'profile --checkpoint ...`, or train with progcode\'s train.py')
         return with_upstream_interface(build_model(H))
     VAE.upstream_vae = upstream_vae
     return VAE

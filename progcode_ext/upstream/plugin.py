@@ -33,6 +33,7 @@ import torch.distributed as dist
 from progcode_ext.register import add_progcode_arguments  # (importing it registers the models)
 from vdvae import data as core_data
 from vdvae.checkpoint import atomic_write, recover_checkpoint_set, save_checkpoint_set
+from vdvae.contract import Model
 from vdvae.errors import ConfigError
 from vdvae.hps import HPARAMS_REGISTRY, unknown_name_message
 from vdvae.models import MODELS
@@ -232,11 +233,29 @@ def remembering_models(load_vaes):
     return load_vaes_
 
 
+def calibrate(H, vae, ema_vae, logprint):
+    """What progcode's train.py does before a fresh run's first step, done in upstream's loop too:
+    the model's `calibrate` on progcode's loader of the same validation split (e.g. the
+    gamma-optimal decoder's gamma = R_K of the trained VDVAE), then the EMA copy's buffers."""
+    vae = getattr(vae, 'module', vae)                   # upstream's load_vaes wraps it in DDP
+    if H.get('restore_path') or getattr(type(vae), 'calibrate', Model.calibrate) is Model.calibrate:
+        return
+    _, _, valid, preprocess = core_data.set_up_data(H)
+    with torch.random.fork_rng(devices=[]):      # upstream's own random stream stays as it was
+        torch.manual_seed(H.seed)
+        vae.calibrate(valid, preprocess, next(vae.parameters()).device, logprint)
+    if ema_vae is not None:
+        with torch.no_grad():
+            for ema_buffer, buffer in zip(ema_vae.buffers(), vae.buffers()):
+                ema_buffer.copy_(buffer)
+
+
 def stopping_on_signals(load_opt):
     """Upstream's `load_opt`, which its training loop calls first: keeps the optimizer and the
     logger for a save at a stop signal, then lets SIGTERM / SIGINT only ask the loop to stop (it
     does at the next iteration, in `count_iteration`)."""
     def load_opt_(H, vae, logprint):
+        calibrate(H, vae, RUN.get('ema_vae'), logprint)
         out = load_opt(H, vae, logprint)
         RUN.update(optimizer=out[0], logprint=logprint, stop=StopRequest())
         install_stop_handlers(RUN['stop'])
