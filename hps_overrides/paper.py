@@ -23,11 +23,8 @@ no_bias_above 64, epochs_per_eval 10, the visualisation and checkpoint periods a
 argparse defaults, which cifar10 does not change (its warmup_iters 100 is overridden by A.1's 0).
 tests/test_hps.py checks the values.
 """
-from vdvae.hps import register_dataset, register_preset
-
-register_dataset('svhn', 32, 3)
-register_dataset('celeba64', 64, 3)
-register_dataset('lsun_bedroom64', 64, 3)
+import progcode_ext.datasets  # noqa: F401  (svhn, celeba64, lsun_bedroom64)
+from vdvae.hps import register_preset
 
 # A.1's changes to upstream's argparse defaults (its listing names skip_threshold twice, both 500).
 _PAPER = dict(width=384, zdim=16, lr=2e-4, skip_threshold=500.0, ema_rate=0.9999, adam_beta1=0.9,

@@ -180,6 +180,12 @@ class ProbeVAE(Model):
         recon = to_uint8(torch.clamp(self.reconstruct(x_in), -1, 1))
         return [np.asarray(originals.cpu(), dtype=np.uint8), recon]
 
+    def sample_grid_titles(self, H):
+        return ['original', f'reconstruction (first {self.k} latent layers)']
+
+    def sample_grid_caption(self, H):
+        return "validation images and the probe's reconstructions"
+
 
 class MaskedVAE(Model):
     """gamma-optimal: encoder + masked decoder, minimise D subject to R_K <= gamma."""

@@ -56,6 +56,14 @@ from .stage1 import Stage1VAE, multiplier_kwargs, with_psnr
 from .stage2 import ConditionalVAE
 
 
+def stage_titles(count, n_stages, last='sample'):
+    """Row titles of the outputs of stages 1..count of an n_stages chain (pictures, labelled by
+    `vdvae.images.label_rows`): x-hat_k (stage k) for a mean head's, `last` for stage N's (with
+    its stage number where there are several stages)."""
+    return [(f'{last} (stage {k})' if n_stages > 1 else last) if k == n_stages
+            else rf'$\hat{{x}}_{k}$ (stage {k})' for k in range(1, count + 1)]
+
+
 def distortion_targets(H):
     """lambda_1 > ... > lambda_{N-1}: `--distortion_targets`, or `--distortion_target` alone."""
     return list(H.get('distortion_targets') or [H.distortion_target])
@@ -343,9 +351,15 @@ class MultiStageHVAE(Model):
             x_prev = stage.decoder.out_net(px_z) if k < self.n_stages else None
         return pictures
 
+    def stage_output_titles(self):
+        """Row titles of `sample_stages`' pictures: x-hat_k (stage k), ..., sample (stage N)."""
+        return stage_titles(self.trained_stage, self.n_stages)
+
     def sample(self, n, t=None, latents=()):
         """The last stage's samples, each stage at its `--stage_temperatures` or at t."""
         return self.sample_stages(n, self.temperatures(t), latents)[-1]
+
+    GRID_TEMPERATURES = (1.0, 0.9)
 
     def sample_grid(self, originals, x_in, H):
         """Originals, the reconstruction after each stage, then for t = 1.0 and 0.9 the output of
@@ -353,6 +367,19 @@ class MultiStageHVAE(Model):
         n = originals.shape[0]
         rows = [np.asarray(originals.cpu(), dtype=np.uint8)]
         rows += [picture(r) for r in self.reconstruct_stages(x_in)]
-        for t in (1.0, 0.9):
+        for t in self.GRID_TEMPERATURES:
             rows += self.sample_stages(n, [t] * self.trained_stage)
         return rows
+
+    def sample_grid_titles(self, H):
+        """'original', x-hat_k (stage k) per reconstruction (stage N's: 'reconstruction'), then per
+        temperature each stage's output with its t."""
+        recons = stage_titles(min(self.trained_stage, self.n_stages - 1), self.n_stages)
+        if self.complete:
+            recons += stage_titles(self.n_stages, self.n_stages, 'reconstruction')[-1:]
+        return ['original'] + recons + [
+            f'{title}, t = {t}' for t in self.GRID_TEMPERATURES
+            for title in stage_titles(self.trained_stage, self.n_stages)]
+
+    def sample_grid_caption(self, H):
+        return 'validation images and their reconstructions, then draws from the prior'

@@ -13,6 +13,7 @@
 #   DATA_ROOT   where scripts/setup_<dataset>.sh put the data (required)
 #   OUT         output folder (default experiments/<preset>)
 #   NGPU        GPUs per stage (default 1); LAUNCHER torchrun (default) or mpiexec when NGPU > 1
+#               (then JOBS=1: each run takes every GPU; --plan shows the first run's command)
 #   FID_WEIGHTS, LPIPS_WEIGHTS   local weight files where the machine cannot download them
 #   STEPS, PROBE_STEPS           override 800000 / 400000 (e.g. for a shorter trial)
 #   N_SAMPLES   samples drawn for Table 2's FID (default 50000, the usual count; fewer for a trial)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from progcode_ext import datasets
 from vdvae import data, get_hparams
 from vdvae.data import (CorruptDataError, DataError, ImageShapeError, MissingDataError,
                         UnknownDatasetError, set_up_data)
@@ -322,7 +323,7 @@ def test_mnist5k():
     assert [len(splits[k]) for k in ('train', 'valid', 'test')] == [4000, 500, 500]
     idx = [set(splits[k].indices.tolist()) for k in ('train', 'valid', 'test')]
     assert set.union(*idx) == set(range(5000)) and sum(map(len, idx)) == 5000
-    for split, n in zip(splits.values(), data.MNIST5K_SPLIT):
+    for split, n in zip(splits.values(), datasets.MNIST5K_SPLIT):
         assert np.bincount(split.labels).tolist() == [n] * 10           # balanced classes
         assert len(set(split.labels[:50].tolist())) > 5                 # and shuffled
     x = all_items(splits['train'])
@@ -338,7 +339,7 @@ def test_mnist5k():
     np.testing.assert_array_equal(splits['valid'].labels[:20], y[i])
     # the hard-coded input normalisation is the training split's mean and std
     mean, std = data.pixel_stats(splits['train'])
-    assert abs(mean - data.MNIST5K_MEAN) < 1e-3 and abs(std - data.MNIST5K_STD) < 1e-3
+    assert abs(mean - datasets.MNIST5K_MEAN) < 1e-3 and abs(std - datasets.MNIST5K_STD) < 1e-3
     inp, target = preprocess(train[np.arange(64)], 'cpu')
     assert inp.shape == (64, 32, 32, 1) and inp.dtype == torch.float32
     assert abs(inp.mean().item()) < 0.3 and 0.7 < inp.std().item() < 1.3
@@ -359,7 +360,7 @@ def test_mnist16_is_mnist5k_pooled_2x2():
     assert x[:, 0].max() == 0 and x[:, 15].max() == 0 and x[:, :, 0].max() == 0 \
         and x[:, :, 15].max() == 0
     mean, std = data.pixel_stats(small['train'])
-    assert abs(mean - data.MNIST16_MEAN) < 1e-3 and abs(std - data.MNIST16_STD) < 1e-3
+    assert abs(mean - datasets.MNIST16_MEAN) < 1e-3 and abs(std - datasets.MNIST16_STD) < 1e-3
     inp, target = preprocess(train[np.arange(64)], 'cpu')
     assert inp.shape == (64, 16, 16, 1) and abs(inp.mean().item()) < 0.3
     assert target.min().item() == -1.0 and target.max().item() <= 1.0

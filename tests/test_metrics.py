@@ -14,12 +14,13 @@ from torch import nn
 from progcode_ext import metrics
 from progcode_ext.latent_groups import progressive_blocks
 from progcode_ext.masked import posterior_rate_k
-from progcode_ext.metrics import MissingWeightsError, inception, lpips_metric, standin
+from progcode_ext.metrics import MissingWeightsError, choice, inception, lpips_metric, standin
 from progcode_ext.metrics.frechet import RunningGaussianStats, frechet_distance, \
     frechet_distance_from_features, gaussian_stats
 from progcode_ext.metrics.rd_profile import rate_per_group, rd_profile
 from vdvae import VAE, get_hparams
 from vdvae.data import ImageArray, load_splits, make_preprocess
+from vdvae.errors import ConfigError
 from vdvae.evaluation import evaluate
 
 
@@ -413,8 +414,104 @@ def no_real_packages(monkeypatch):
 def lines(monkeypatch):
     """The lines the metrics log, each choice with its reason (none was logged before the test,
     so none is logged in short)."""
-    monkeypatch.setattr(metrics, '_LOGGED', {})
+    monkeypatch.setattr(choice.CHOICES, 'last', {})
     return []
+
+
+def test_choose_metric_takes_the_real_metrics_when_their_weights_are_given(fake_pytorch_fid,
+                                                                            fake_lpips):
+    with pytest.warns(RuntimeWarning, match='sha256'):      # not the published weights
+        chosen = metrics.choose_metric(metrics.SAMPLE_QUALITY, 'mnist5k', fake_pytorch_fid,
+                                       allow_standin=True)
+    assert isinstance(chosen, metrics.Metric)
+    assert (chosen.kind, chosen.name, chosen.standin) == ('sample_quality', 'FID', False)
+    assert chosen.real_family == 'FID' and fake_pytorch_fid in chosen.reason
+    assert chosen.fingerprint == 'inception-' + metrics._common.sha256_prefix(fake_pytorch_fid)
+    images = torch.randint(0, 256, (3, 8, 8, 1), dtype=torch.uint8)
+    assert chosen.compute(images).shape == (3, 2048)
+    with pytest.raises(AttributeError):                 # frozen: a choice is never edited
+        chosen.name = 'FD-mnist5k'
+    path, _ = fake_lpips
+    chosen = metrics.choose_metric(metrics.PERCEPTUAL, 'mnist5k', path, lpips_net='alex')
+    assert (chosen.kind, chosen.name, chosen.standin) == ('perceptual', 'LPIPS-alex', False)
+    assert chosen.real_family == 'LPIPS' and path in chosen.reason
+    assert chosen.fingerprint == 'lpips-v0.1-alex-' + metrics._common.sha256_prefix(path)
+    assert chosen.compute(images, images.flip(0)).shape == (3,)
+
+
+@pytest.fixture
+def fake_standin(monkeypatch):
+    """load_standin without training: an untrained classifier and its info."""
+    calls = []
+
+    def load_standin(dataset, **kwargs):
+        calls.append(dataset)
+        return standin.StandinNet(1, 10), dict(test_accuracy=0.97, version=1, fingerprint='abc')
+    monkeypatch.setattr(standin, 'load_standin', load_standin)
+    return calls
+
+
+@pytest.mark.parametrize('kind,real,standin_name', [('sample_quality', 'FID', 'FD-mnist5k'),
+                                                    ('perceptual', 'LPIPS', 'PD-mnist5k')])
+def test_choose_metric_uses_the_standin_only_when_allowed_and_says_why(
+        kind, real, standin_name, no_real_packages, fake_standin):
+    with pytest.raises(MissingWeightsError, match=f'allow_standin=True .*--allow_standin.*'
+                       f'reports {standin_name}, not {real}'):
+        metrics.choose_metric(kind, 'mnist5k')
+    with pytest.raises(MissingWeightsError, match=f'{real} needs the package'):   # no fallback
+        metrics.choose_metric(kind, 'mnist5k', allow_standin=True, metric='real')
+    with pytest.raises(MissingWeightsError, match='no_such.pth'):   # a given file: no fallback
+        metrics.choose_metric(kind, 'mnist5k', 'no_such.pth', allow_standin=True)
+    assert fake_standin == []
+    chosen = metrics.choose_metric(kind, 'mnist5k', allow_standin=True)
+    assert (chosen.kind, chosen.name, chosen.standin, chosen.real_family) == \
+        (kind, standin_name, True, real)
+    assert chosen.reason.startswith(f'{real} unavailable: {real} needs the package')
+    assert chosen.reason.endswith("of the project's mnist5k classifier (held-out accuracy 0.9700)")
+    assert chosen.fingerprint == 'standin-v1-abc' and fake_standin == ['mnist5k']
+    images = torch.randint(0, 256, (2, 32, 32, 1), dtype=torch.uint8)
+    out = chosen.compute(images) if kind == 'sample_quality' else chosen.compute(images, images)
+    assert out.shape == ((2, standin.FEATURE_DIM) if kind == 'sample_quality' else (2,))
+    chosen = metrics.choose_metric(kind, 'mnist5k', metric='standin')
+    assert chosen.name == standin_name and chosen.reason.startswith(
+        'stand-in requested (metric="standin"); ')
+
+
+def test_choose_metric_refuses_unknown_kinds_modes_and_options():
+    with pytest.raises(ConfigError, match="kind must be one of .*'perceptual', 'sample_quality'"):
+        metrics.choose_metric('fid', 'mnist5k')
+    with pytest.raises(ConfigError, match="metric must be 'auto', 'real' or 'standin'"):
+        metrics.choose_metric(metrics.SAMPLE_QUALITY, 'mnist5k', metric='FID')
+    with pytest.raises(ConfigError, match='sample_quality metric takes no option lpips_net'):
+        metrics.choose_metric(metrics.SAMPLE_QUALITY, 'mnist5k', lpips_net='vgg')
+
+
+def test_each_choice_is_logged_with_its_reason_then_in_short(caplog):
+    log, lines = choice.ChoiceLog(), []
+    fid = metrics.Metric('sample_quality', 'FID', False, 'weights w', None, 'inception-1')
+    fd = metrics.Metric('sample_quality', 'FD-x', True, 'FID unavailable', None, 'standin-1')
+    pd = metrics.Metric('perceptual', 'PD-x', True, 'LPIPS unavailable', None, 'standin-1')
+    log.log(fd, lines.append, '; 2 generated vs 3 reference images')
+    log.log(fd, lines.append)
+    log.log(pd, lines.append)
+    log.log(fid, lines.append)
+    log.log(fid, lines.append)
+    log.log(fd, lines.append)
+    assert lines == [
+        'sample_quality: using FD-x (STAND-IN, not comparable with FID): FID unavailable; '
+        '2 generated vs 3 reference images',
+        'sample_quality: using FD-x (STAND-IN, not comparable with FID), as before',
+        'perceptual: using PD-x (STAND-IN, not comparable with LPIPS): LPIPS unavailable',
+        'sample_quality: using FID (the standard metric): weights w',
+        'sample_quality: using FID (the standard metric), as before',
+        'sample_quality: using FD-x (STAND-IN, not comparable with FID): FID unavailable']
+    with caplog.at_level('INFO', logger='progcode.metrics'):   # no logprint: the logger
+        choice.ChoiceLog().log(fid)
+        choice.ChoiceLog().log(fd)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ('INFO', 'sample_quality: using FID (the standard metric): weights w'),
+        ('WARNING', 'sample_quality: using FD-x (STAND-IN, not comparable with FID): '
+                    'FID unavailable')]
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import torch
 
 from .block_strings import check_architecture
@@ -15,7 +16,7 @@ from .checkpoint import check_can_write, restore_params
 from .data import resolve_geometry
 from .errors import ConfigError, exit_status
 from .hps import Hyperparams, add_vae_arguments, parse_args_and_update_hparams
-from .images import tile_images, write_image
+from .images import label_rows, write_image
 from .models import build_model
 from .vae import VAE, check_temperatures
 
@@ -57,6 +58,20 @@ def check_sample_flags(H):
     check_can_write(H.out, f'--out {H.out!r}')       # (the folders it needs are made)
 
 
+def temperature_caption(ts):
+    """The caption of a sample grid drawn at `ts` (one entry per stage: a number, None for 1, or
+    a list per decoder block)."""
+    def text(t):
+        if t is None:
+            return '1'
+        return ', '.join(f'{v:g}' for v in t) + ' (per block)' if isinstance(t, (list, tuple)) \
+            else f'{t:g}'
+    texts = [text(t) for t in ts]
+    if len(set(texts)) == 1:
+        return f'temperature {texts[0]}'
+    return 'temperatures ' + '; '.join(f'stage {k}: {t}' for k, t in enumerate(texts, 1))
+
+
 def sample(H):
     try:                                        # before any weights are read
         check_temperatures(H.t, len(check_architecture(H)[1]))
@@ -65,9 +80,20 @@ def sample(H):
     model = load_model(H, H.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     torch.manual_seed(H.seed)           # after init, so a seed gives the same draws as upstream
     with torch.no_grad():
-        images = model.sample(H.n, t=H.t)
+        if hasattr(model, 'sample_stages'):     # a chain: what each stage puts out, same draws
+            ts = model.temperatures(H.t)
+            outputs, titles = model.sample_stages(H.n, ts), model.stage_output_titles()
+        else:
+            ts, outputs, titles = [H.t], [model.sample(H.n, t=H.t)], ['sample']
     ncol = H.ncol or math.ceil(math.sqrt(H.n))
-    write_image(H.out, tile_images(images, ncol))
+    rows = []
+    for start in range(0, H.n, ncol):           # per ncol draws, a row per stage output
+        for images in outputs:
+            row = images[start:start + ncol]
+            blank = np.zeros((ncol - len(row),) + row.shape[1:], np.uint8)
+            rows.append(np.concatenate([row, blank]))
+    write_image(H.out, label_rows(rows, titles * (len(rows) // len(titles)),
+                                  temperature_caption(ts)))
     print(f'wrote {H.n} samples ({H.image_size}x{H.image_size}, t={H.t}) to {H.out}')
 
 

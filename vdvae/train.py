@@ -230,7 +230,7 @@ def train(H):
         return train_ensemble(seed_members(H, H.ensemble))
     d = setup_distributed(H.port, H.device, H.collective_timeout)
     if d.device.type == 'cpu':
-        keep_freed_memory()                 # about 6% faster CPU steps (BENCHMARKS.md)
+        keep_freed_memory()                 # fewer page faults per CPU step (BENCHMARKS.md)
     run_dir = os.path.join(H.save_dir, H.desc)
     check_on_main_rank(d, check_run_dir, H, run_dir)
     H, data_train, data_eval, preprocess_fn = set_up_data(H)

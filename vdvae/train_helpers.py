@@ -2,7 +2,7 @@
 
 Upstream uses apex FusedAdam in AdamW mode (decoupled weight decay on every parameter), which is
 numerically torch's AdamW; here it is torch's AdamW, fused (one kernel over all parameters, on CPU
-as on CUDA: about 3x faster than the foreach version on CPU). Differences from upstream:
+as on CUDA; BENCHMARKS.md compares it with the foreach version). Differences from upstream:
 `warmup_iters = 0` means no warm-up (upstream divides by zero), and the first step already has a
 non-zero learning rate (upstream's first step has lr 0 and so does nothing).
 """

@@ -14,7 +14,8 @@ import torch
 from vdvae.data import load_splits
 
 from ..mean_head import mse_per_example
-from ..metrics import choose_sample_metric, sample_quality
+from ..metrics import SAMPLE_QUALITY, choose_metric, sample_quality
+from ..multi_stage import stage_titles
 from .evaluate import default_device, evaluate_run, load_run, metrics_cache
 from .figures import grid
 from .runs import run_dir, say
@@ -62,9 +63,9 @@ def staircase(model, x_in, x_target, batch):
 
 def check_sample_metric(cfg, H):
     """The sample metric's weights (or the stand-in's permission), checked before training."""
-    choose_sample_metric(H.dataset, fid_weights=cfg.fid_weights, allow_standin=cfg.allow_standin,
-                         cache_dir=metrics_cache(cfg), data_root=H.data_root,
-                         device=default_device(cfg), logprint=say)
+    choose_metric(SAMPLE_QUALITY, H.dataset, cfg.fid_weights, allow_standin=cfg.allow_standin,
+                  cache_dir=metrics_cache(cfg), data_root=H.data_root, device=default_device(cfg),
+                  logprint=say)
 
 
 def sample_metric(cfg, H, samples, device):
@@ -98,9 +99,12 @@ def measure(cfg, folder, device, seed, prefix='latest', eval_seed=0):
     return row, model, outputs
 
 
-def sample_grid(outputs, n, sets, path):
-    """A PNG of `sets` sets of n draws: for each, a row per stage (x_hat_1, ..., the sample)."""
-    return grid([o[i * n:(i + 1) * n] for i in range(sets) for o in outputs], path)
+def sample_grid(outputs, n, sets, path, t=1.0):
+    """A PNG of `sets` sets of n draws (`draw_samples` at temperature t): for each, a row per
+    stage (x_hat_1, ..., the sample), titled, with the temperature above."""
+    titles = stage_titles(len(outputs), len(outputs))
+    return grid([o[i * n:(i + 1) * n] for i in range(sets) for o in outputs], path,
+                titles * sets, f'temperature {t:g}')
 
 
 def differences(pairs, key, sign=1):

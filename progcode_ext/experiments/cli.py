@@ -9,7 +9,8 @@ from vdvae.data import load_splits, resolve_geometry
 from vdvae.errors import ConfigError, exit_status
 from vdvae.hps import comma_list, number, setup_hparams
 
-from ..metrics import add_metric_arguments
+from ..metrics import DEFAULT_FID_SAMPLES
+from .runs import run_all
 
 
 def parse(argv, description, add_arguments=None, metrics=()):
@@ -53,6 +54,32 @@ def parse(argv, description, add_arguments=None, metrics=()):
     return cfg
 
 
+def add_metric_arguments(parser, *kinds):
+    """The metric flags of an experiment's command line: always the cache every experiment shares;
+    with 'sample' the sample metric's (FID, else FD-<dataset>), with 'perceptual' the perceptual
+    distance's (LPIPS, else PD-<dataset>), each with the permission to use the stand-in."""
+    a = parser.add_argument
+    a('--metrics_cache', default=None,
+      help='folder for the stand-in classifier and reference statistics, shared by every '
+      'experiment (default: $PROGCODE_CACHE, else ~/.cache/progcode/metrics)')
+    if 'sample' in kinds:
+        a('--n_samples', type=number(1), default=DEFAULT_FID_SAMPLES,
+          help='samples for the sample metric (default: %(default)s)')
+        a('--n_reference', type=number(1), default=DEFAULT_FID_SAMPLES,
+          help='training images for the reference statistics (default: %(default)s, at most the '
+          'whole training split)')
+        a('--sample_batch', type=number(1), default=100)
+        a('--fid_weights', default=None, help='local Inception weights for FID')
+    if 'perceptual' in kinds:
+        a('--lpips_weights', default=None, help='local LPIPS backbone weights')
+        a('--lpips_net', default='alex', choices=('alex', 'vgg'))
+    if kinds:
+        a('--allow_standin', action='store_true',
+          help='without the weights of FID (LPIPS), use the clearly labelled stand-in '
+          'FD-<dataset> (PD-<dataset>)')
+    return parser
+
+
 def check_inputs(cfg):
     """What every experiment reads, checked before its first run trains and before it writes
     anything: the training flags as train.py will parse them, and the dataset's files. Returns
@@ -73,6 +100,16 @@ def check_inputs(cfg):
 def run_main(fn, argv=None):
     """0 when `fn(argv)` finishes; on a user's mistake one `error:` line on stderr and 2."""
     return exit_status(fn, argv)
+
+
+def train_then_report(plan, report):
+    """The `run(cfg)` of an experiment that chooses nothing between training and reporting: its
+    inputs checked, every run of `plan(cfg)` trained (or found finished), then `report(cfg)`."""
+    def run(cfg):
+        check_inputs(cfg)
+        run_all(cfg, plan(cfg))
+        return report(cfg)
+    return run
 
 
 def command(run, doc, add_arguments=None, metrics=()):

@@ -9,8 +9,8 @@ import torch
 from vdvae.checkpoint import load_file, restore_params
 from vdvae.data import resolve_geometry, set_up_data
 from vdvae.evaluation import evaluate, load_batch
-from vdvae.hps import read_hparams, setup_hparams
-from vdvae.models import build_model
+from vdvae.hps import setup_hparams
+from vdvae.models import load_trained
 from vdvae.vae import VAE
 
 from ..metrics import default_cache_dir
@@ -50,13 +50,11 @@ def vdvae_rates(cfg, path, device):
 def load_run(folder, device, ema=True, prefix='latest'):
     """(H, model with the run's weights at `prefix` (EMA by default) in eval mode, eval split,
     preprocess_fn)."""
-    H = read_hparams(os.path.join(folder, 'hparams.json'))
+    H, model = load_trained(folder, os.path.join(folder, f'{prefix}-model-ema.th' if ema else
+                                                 f'{prefix}-model.th'))
     H.test_eval = False
     H, _, data_eval, preprocess_fn = set_up_data(H)
-    model = build_model(H)
-    restore_params(model, os.path.join(folder, f'{prefix}-model-ema.th' if ema else
-                                       f'{prefix}-model.th'))
-    return H, model.to(device).eval(), data_eval, preprocess_fn
+    return H, model.to(device), data_eval, preprocess_fn
 
 
 def subset(data, n):
@@ -80,8 +78,9 @@ def evaluate_run(cfg, folder, device, prefix='latest', seed=0):
     if os.path.exists(cache):
         with open(cache) as f:
             stats = json.load(f)
+        # of this step, and naming its distortion ('mse' or 'nll'): otherwise evaluated again
         if stats.get('step') == step and ('mse' in stats or 'nll' in stats):
-            return stats                # (older caches lack the distortion's own name)
+            return stats
     H, model, data, prep = load_run(folder, device, prefix=prefix)
     torch.manual_seed(seed)
     stats = evaluate(H, model, subset(data, cfg.n_eval), prep, device)
@@ -109,11 +108,12 @@ def eval_images(folder, device, n):
 
 def reconstruction_grid(folders, device, path, n=8):
     """A PNG of the first n validation images, then a row of each run's reconstructions of them
-    (posterior draws of seed 0)."""
+    (posterior draws of seed 0), each row titled ('original', then the run's name)."""
     images, x_in, _ = eval_images(folders[0], device, n)
     rows = [images]
     for folder in folders:
         _, model, _, _ = load_run(folder, device)
         torch.manual_seed(0)
         rows.append(as_uint8(model.reconstruct(x_in)))
-    return grid(rows, path)
+    titles = ['original'] + [os.path.basename(os.path.normpath(f)) for f in folders]
+    return grid(rows, path, titles, "validation images and each run's reconstructions")

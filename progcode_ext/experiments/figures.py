@@ -1,20 +1,25 @@
 """The experiment drivers' figures: image grids (PNG, nearest-neighbour upscaled cells with thin
-grey separators, see `vdvae.images.tile_images`) and matplotlib plots, with log axes labelled in
-plain decimals at readable, non-overlapping ticks."""
+grey separators, see `vdvae.images.tile_images`; with row titles and a caption where given, see
+`vdvae.images.label_rows`) and matplotlib plots, with log axes labelled in plain decimals at
+readable, non-overlapping ticks."""
 import functools
 
 import numpy as np
 import torch
 
 from vdvae.errors import ConfigError
-from vdvae.images import tile_images, write_image
+from vdvae.images import label_rows, tile_images, write_image
 from vdvae.vae_helpers import to_uint8
 
 
-def grid(rows, path):
-    """Rows of uint8 NHWC images (same count each) -> one PNG."""
+def grid(rows, path, titles=None, caption=None):
+    """Rows of uint8 NHWC images (same count each) -> one PNG; with `titles` (one per row) and
+    `caption`, labelled by `vdvae.images.label_rows`."""
     rows = [np.asarray(r) for r in rows]
-    write_image(path, tile_images(np.concatenate(rows), rows[0].shape[0]))
+    if titles is None:
+        write_image(path, tile_images(np.concatenate(rows), rows[0].shape[0]))
+    else:
+        write_image(path, label_rows(rows, titles, caption))
     return path
 
 

@@ -11,7 +11,7 @@ import torch
 from scipy.stats import spearmanr
 
 from ..mean_head import mse_per_example
-from ..metrics import choose_perceptual_metric, perceptual_distance
+from ..metrics import PERCEPTUAL, choose_metric, perceptual_distance
 from . import convergence as cv
 from .cli import check_inputs, command, number
 from .evaluate import default_device, eval_images, evaluate_run, load_run, metrics_cache
@@ -89,10 +89,10 @@ def report(cfg):
 def run(cfg):
     H = check_inputs(cfg)
     runs = plan(cfg)
-    choose_perceptual_metric(H.dataset, lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
-                             allow_standin=cfg.allow_standin, cache_dir=metrics_cache(cfg),
-                             data_root=H.data_root, device=default_device(cfg),
-                             logprint=say)              # its weights, before training
+    choose_metric(PERCEPTUAL, H.dataset, cfg.lpips_weights, lpips_net=cfg.lpips_net,
+                  allow_standin=cfg.allow_standin, cache_dir=metrics_cache(cfg),
+                  data_root=H.data_root, device=default_device(cfg),
+                  logprint=say)                         # its weights, before training
     run_all(cfg, runs)
     return report(cfg)
 

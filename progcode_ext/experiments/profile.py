@@ -19,11 +19,11 @@ from vdvae.block_strings import parse_dec_blocks
 
 from ..latent_groups import progressive_blocks
 from ..metrics.rd_profile import rate_profile
-from .cli import check_inputs, command, number
+from .cli import command, number, train_then_report
 from .evaluate import default_device, evaluate_run, restore_vdvae, vdvae_rates
 from .figures import plot
 from .report import write_results
-from .runs import COST, Run, run_all, run_dir, say
+from .runs import COST, Run, run_dir, say
 
 
 def add_arguments(parser):
@@ -95,10 +95,7 @@ def report(cfg):
     return rows
 
 
-def run(cfg):
-    check_inputs(cfg)
-    run_all(cfg, plan(cfg))                     # (plan() checks --checkpoint first)
-    return report(cfg)
+run = train_then_report(plan, report)         # (plan() checks --checkpoint first)
 
 
 main = command(run, __doc__, add_arguments)

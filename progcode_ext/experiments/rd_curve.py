@@ -11,11 +11,11 @@ from vdvae.errors import ConfigError
 from vdvae.hps import comma_list
 
 from . import convergence as cv
-from .cli import check_inputs, command
+from .cli import command, train_then_report
 from .evaluate import default_device, evaluate_run, load_run, reconstruction_grid
 from .figures import log_axis, plot
 from .report import write_results
-from .runs import COST, Run, run_all, run_dir, seeded
+from .runs import COST, Run, run_dir, seeded
 
 PAPER_TARGETS = '0.0512,0.0256,0.0128,0.0064,0.0032,0.0016,0.0008'
 
@@ -102,10 +102,7 @@ def report(cfg):
     return result
 
 
-def run(cfg):
-    check_inputs(cfg)
-    run_all(cfg, plan(cfg))
-    return report(cfg)
+run = train_then_report(plan, report)
 
 
 main = command(run, __doc__, add_arguments)

@@ -11,8 +11,8 @@ chain's stage 2 after the run of its stage 1):
 * `cfg.jobs` = 1: one after the other, in this process, or as `$LAUNCH train.py ...` when the
   environment variable LAUNCH is set (e.g. `LAUNCH="torchrun --nproc_per_node 8"`);
 * `cfg.jobs` = N > 1: up to N runs at once, each a `train.py` process with cores / N threads.
-  Small models train faster this way: on 2 CPU cores, two one-thread processes make about 1.6x
-  the steps of one two-thread process (BENCHMARKS.md). The longest chain of work starts first.
+  Small models train faster this way: one such model does not keep two cores busy
+  (BENCHMARKS.md has the figures). The longest chain of work starts first.
 * `cfg.ensemble` = K > 1: runs that are ready at the same time and differ only in what an
   ensemble's members may differ in (seed, targets, the runs they build on: `vdvae.ensemble`)
   train up to K at a time as one ensemble, one job (`python -m vdvae.ensemble`). Where that

@@ -35,6 +35,7 @@ from vdvae.hps import comma_list, get_hparams, setup_hparams
 from vdvae.models import build_model
 
 from ..mean_head import picture
+from ..multi_stage import stage_titles
 from . import chains
 from . import convergence as cv
 from .chains import check_sample_metric, differences
@@ -134,7 +135,9 @@ def evaluate_chain(cfg, device, seed, n, targets, folder):
         torch.manual_seed(seed)
         recons = model.stage_means(x_in[:m])
         grid([images[:m]] + [picture(r) for r in recons],
-             os.path.join(folder, f'reconstructions-{n}.png'))
+             os.path.join(folder, f'reconstructions-{n}.png'),
+             ['original'] + stage_titles(len(recons), n, 'mean'),
+             "validation images and each stage's mean reconstruction")
         chains.sample_grid(outputs, m, 2, os.path.join(folder, f'samples-{n}.png'))
     say(f"stages: {n} stages, seed {seed}: -ELBO {row['elbo']:.4f} nats/dim, {row['metric']} "
         f"{row['sample_metric']:.3f}, rates {', '.join(f'{r:.4f}' for r in row['rates'])}, MSEs "

@@ -24,12 +24,12 @@ import numpy as np
 
 from ..metrics.rd_profile import rate_profile
 from . import convergence as cv
-from .cli import check_inputs, command, number
+from .cli import command, number, train_then_report
 from .evaluate import (default_device, evaluate_last_fifth, evaluate_run, load_run,
                        reconstruction_grid, restore_vdvae, vdvae_rates)
 from .figures import plot
 from .report import check_table, mean_std, summary, write_results
-from .runs import COST, Run, run_all, run_dir, say, seeded, window_steps
+from .runs import COST, Run, run_dir, say, seeded, window_steps
 from .verdicts import (Trajectory, claim_verdict, measured_spread, pooled_noise_sd, spread_of,
                        stated)
 
@@ -209,10 +209,7 @@ def report_lines(cfg, result):
     return lines
 
 
-def run(cfg):
-    check_inputs(cfg)
-    run_all(cfg, plan(cfg))                     # (plan() checks --checkpoint first)
-    return report(cfg)
+run = train_then_report(plan, report)         # (plan() checks --checkpoint first)
 
 
 main = command(run, __doc__, add_arguments)

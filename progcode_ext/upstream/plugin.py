@@ -1,7 +1,8 @@
 """`install(root)`: progcode's presets, flags, models and datasets in a checkout of openai/vdvae,
 by rebinding names in its imported modules (no file is edited).
 
-Besides adding progcode, it fixes these quirks of upstream's code (spec section 9):
+Besides adding progcode, it fixes these quirks of upstream's code (docs/plugin.md lists them with
+the tests that show each):
 * `--hps` is mandatory (an AttributeError without it) and an unknown preset is a bare KeyError:
   `--hps` now defaults to no preset and a wrong name is a parser error listing the presets;
 * `warmup_iters 0` divides by zero (the paper's presets use 0): `linear_warmup` takes 0 as "no
@@ -19,7 +20,7 @@ Besides adding progcode, it fixes these quirks of upstream's code (spec section 
 * DDP with `device_ids` fails for a model on the CPU, and without `find_unused_parameters` for
   the masked decoder's unused branches.
 Not changed: the first step's lr is 0; warm-up restarts on resume; a run whose gradient norm stays
-above skip_threshold stops updating for good (issue 25); evaluation averages batch means.
+above skip_threshold stops updating for good (openai/vdvae issue 25); evaluation averages batch means.
 """
 import argparse
 import json
