@@ -9,7 +9,7 @@
 #            seed-to-seed spreads that --seeds 0,1,2 measured (seed_spread.json)
 #   --full:  three seeds for Tables 1 and 2, 1,200 steps per model (2,000 for the probe and the
 #            gamma-optimal decoder), a five-point family, all four controls, then the progressive
-#            codec (progcode_ext/experiments/codec.py: DIR/codec/report.md)
+#            codec (progcode_ext/experiments/compression.py: DIR/codec/report.md)
 #   --quick: a two-minute smoke test of the pipeline (proves nothing, and says so)
 #   Wall times on 2 cores: README.md and BENCHMARKS.md.
 set -euo pipefail

@@ -343,11 +343,11 @@ def test_each_prefix_decodes_to_its_x_hat(runs, valid, tmp_path):
 
 @pytest.mark.slow
 def test_the_codec_report_runs_end_to_end(tmp_path):
-    from progcode_ext.experiments import codec, demo
+    from progcode_ext.experiments import compression, demo
     cfg = demo.config(str(tmp_path), 'quick', jobs=1)
     cfg.steps, cfg.n_eval, cfg.distortion_target = 5, 24, 0.05
     cfg.train_flags += ' ' + ' '.join(TINY_FLAGS)
-    result = codec.run(cfg)
+    result = compression.run(cfg)
     folder = tmp_path / 'codec'
     assert all((folder / name).stat().st_size > 0 for name in ('report.md', 'codec.png',
                                                                 'results.json'))

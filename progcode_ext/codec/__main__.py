@@ -23,7 +23,7 @@ from vdvae.hps import number
 from .coder import ACTIVE_KL, DEFAULT_BIN_WIDTH
 from .container import CodecError
 from .files import FileCodec
-from .images import read_images, write_outputs
+from .image_files import read_images, write_outputs
 from .model import load_model
 
 

@@ -12,7 +12,7 @@ against the paper's baseline and against the strongest conventional one, and the
 * --full: three seeds for Tables 1 and 2 (the first for the family), 1,200 steps per model
   (2,000 for the D_K probe and the gamma-optimal decoder), Table 2 across a five-point family with
   all four controls; then the progressive codec on Table 2's headline chain and Table 1's VDVAE
-  (codec.py: no extra runs);
+  (compression.py: no extra runs);
 * --quick: a smoke test of the whole pipeline (30 steps; about 2 minutes); it proves nothing and
   says so.
 `--seeds` trains a mode with other seeds; with 3 or more, `--record_spread` keeps the measured
@@ -32,7 +32,7 @@ from vdvae.errors import ConfigError
 from vdvae.hps import comma_list
 
 from . import convergence as cv
-from . import codec, lpips_vs_mse, rd_curve, table1, table2
+from . import compression, lpips_vs_mse, rd_curve, table1, table2
 from .cli import check_inputs, number, run_main
 from .machine import commit, machine
 from .report import mean_std
@@ -116,7 +116,7 @@ def run(argv):
                    lpips_vs_mse=lpips_vs_mse.report(cfg),
                    table2=table2.report(cfg, headline, rule))
     if cfg.codec:               # Table 2's headline chain and Table 1's VDVAE: trained above
-        results['codec'] = codec.report(cfg, headline)
+        results['codec'] = compression.report(cfg, headline)
     minutes = (time.time() - start) / 60
     lines = report_lines(cfg, results, minutes, (trained - start) / 60)
     with open(os.path.join(cfg.out, 'report.md'), 'w') as f:

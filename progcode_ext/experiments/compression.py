@@ -3,7 +3,7 @@ split (`--n_eval`), compressed by `progcode_ext.codec` with the two-stage progre
 lambda (`--distortion_target`; in the demo Table 2's headline lambda, whose runs it shares) and
 with the plain VDVAE of Table 1 (one chunk, lossless).
 
-    python -m progcode_ext.experiments.codec [--hps mnist16] [--out DIR] [--steps N]
+    python -m progcode_ext.experiments.compression [--hps mnist16] [--out DIR] [--steps N]
         [--distortion_target L]
 
 Measured:
@@ -29,7 +29,7 @@ from vdvae.hps import get_hparams, number, read_hparams
 
 from ..codec.files import FileCodec
 from ..codec.model import load_model
-from . import image_codecs as ic
+from ..codec import baselines as ic
 from .cli import check_inputs, command
 from .evaluate import default_device, evaluate_run
 from .figures import plot
