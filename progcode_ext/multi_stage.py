@@ -50,10 +50,9 @@ from vdvae.errors import ConfigError
 from vdvae.hps import Hyperparams
 from vdvae.vae_helpers import rate_per_example
 
-from .lagrangian import LagrangianObjective
-from .mean_head import MeanHead, mse_per_example, picture
-from .stage1 import Stage1VAE, multiplier_kwargs, with_psnr
-from .stage2 import ConditionalVAE
+from .mean_head import mse_per_example, picture
+from .stage1 import with_psnr
+from .stages import stage_kind
 
 
 def stage_titles(count, n_stages, last='sample'):
@@ -82,54 +81,6 @@ def stage_hparams(H, k):
     if k <= len(targets):
         changes['distortion_target'] = targets[k - 1]
     return Hyperparams(H, **changes)
-
-
-def check_chain_flags(H):
-    """ConfigError for stage flags that cannot work together (run by `check_hparams`)."""
-    targets = H.get('distortion_targets') or []
-    if any(not (math.isfinite(t) and t > 0) for t in targets):
-        raise ConfigError(f'--distortion_targets {targets}: every target must be a positive MSE '
-                          'on the [-1, 1] scale, e.g. 0.0128,0.0032')
-    if any(b >= a for a, b in zip(targets, targets[1:])):
-        raise ConfigError(f'--distortion_targets {targets}: each stage must refine the one '
-                          'before, so the targets must decrease, e.g. 0.0128,0.0032')
-    n = (len(targets) or 1) + 1
-    for flag, ok, allowed in (('stage_widths', lambda v: v > 0, 'integers >= 1'),
-                              ('stage_temperatures', lambda v: v >= 0, 'numbers >= 0')):
-        values = H.get(flag) or []
-        if values and len(values) != n:
-            raise ConfigError(f'--{flag} {values}: give one per stage, {n} for the {n} stages of '
-                              '--distortion_targets')
-        if not all(map(ok, values)):
-            raise ConfigError(f'--{flag} {values}: must be {allowed}')
-    if H.get('stage_paths') and H.get('stage1_path'):
-        raise ConfigError('--stage1_path and --stage_paths both name frozen stages: give the runs '
-                          'of every frozen stage, in order, with --stage_paths alone')
-    if H.get('stage1_rate_warmup') and not (H.get('model') in ('two_stage', 'multi_stage')
-                                            and H.get('training') == 'conventional'):
-        raise ConfigError('--stage1_rate_warmup schedules the joint -ELBO of a conventionally '
-                          'trained chain (--model two_stage --training conventional); drop it')
-    if H.get('model') not in ('two_stage', 'multi_stage'):
-        return
-    paths = frozen_paths(H)
-    if H.get('training') == 'conventional' and paths:
-        raise ConfigError('--stage_paths names frozen stages, but conventional training trains all '
-                          'stages jointly: drop --stage_paths (or --stage1_path), or use '
-                          '--training progressive')
-    if len(paths) > n - 1:
-        raise ConfigError(f'--stage_paths names {len(paths)} trained stages, but the model has '
-                          f'{n} stages: at most {n - 1} (the run trains the stage after them)')
-
-
-class MeanHeadStage(ConditionalVAE):
-    """A middle stage: the conditional VDVAE of stage 2 with a mean head instead of the mixture,
-    and its own Lagrange multiplier for its target lambda_k (`H.distortion_target`)."""
-
-    def __init__(self, H):
-        super().__init__(H)
-        self.decoder.out_net = MeanHead(H)
-        self.objective = LagrangianObjective('distortion', H.distortion_target,
-                                             **multiplier_kwargs(H))
 
 
 def run_file(path):
@@ -183,22 +134,25 @@ class MultiStageHVAE(Model):
 
     @property
     def stages(self):
-        return [getattr(self, f'stage{k}') for k in range(1, self.trained_stage + 1)]
+        return [self.stage(k) for k in range(1, self.trained_stage + 1)]
 
     def make_stage(self, k):
-        H = stage_hparams(self.H, k)
-        if k == 1:
-            return Stage1VAE(H)
-        return MeanHeadStage(H) if k < self.n_stages else ConditionalVAE(H)
+        return stage_kind(k, self.n_stages)(stage_hparams(self.H, k))
+
+    def stage(self, k):
+        """Stage k (1-based). The stages are the attributes stage1..stageK, not an nn.ModuleList,
+        so that every checkpoint's keys are `stage{k}.*` (the runs already trained, the codec's
+        weights hash and tests/golden all rest on them)."""
+        return getattr(self, f'stage{k}')
 
     def load_stage(self, k, path):
         """Stage k's weights from a run's checkpoint; -> the file's whole state dict."""
         weights, whole = stage_weights(path, k)
         try:
-            check_state_dict(getattr(self, f'stage{k}'), weights, path)
+            check_state_dict(self.stage(k), weights, path)
         except CheckpointError as e:
             raise CheckpointError(f'stage {k}: {e} (or --stage_widths)') from None
-        getattr(self, f'stage{k}').load_state_dict(weights)
+        self.stage(k).load_state_dict(weights)
         return whole
 
     def start_from(self, path):
@@ -221,7 +175,7 @@ class MultiStageHVAE(Model):
         for j in range(1, k):
             if not self.frozen(j):
                 continue
-            earlier = getattr(self, f'stage{j}').state_dict()
+            earlier = self.stage(j).state_dict()
             saved = {key: whole.get(f'stage{j}.{key}') for key in earlier}
             if any(v is None or not torch.equal(v, earlier[key]) for key, v in saved.items()):
                 raise ConfigError(f'the run of stage {k} ({path}) was trained on another stage {j} '
@@ -233,7 +187,7 @@ class MultiStageHVAE(Model):
         targets = self.H.get('distortion_targets')
         for k, path in enumerate(map(run_file, paths), 1):
             self.check_same_frozen(k, self.load_stage(k, path), path)
-            stage = getattr(self, f'stage{k}')
+            stage = self.stage(k)
             trained_for = stage.objective.multiplier.target
             if targets and not math.isclose(trained_for, targets[k - 1], rel_tol=1e-6):
                 raise ConfigError(f'--stage_paths: stage {k} ({path}) was trained for lambda '

@@ -1,4 +1,6 @@
 """progcode's flags and models, registered into the VDVAE core (loaded by hps_overrides)."""
+import math
+
 from vdvae.block_strings import parse_dec_blocks
 from vdvae.errors import ConfigError
 from vdvae.hps import (comma_list, count, optional, positive, rate, register_arguments,
@@ -82,9 +84,42 @@ def check_progressive_res(H):
 
 
 @register_check
-def check_stage_flags(H):
-    from .multi_stage import check_chain_flags
-    check_chain_flags(H)
+def check_chain_flags(H):
+    """ConfigError for stage flags that cannot work together (run by `check_hparams`)."""
+    from .multi_stage import frozen_paths
+    targets = H.get('distortion_targets') or []
+    if any(not (math.isfinite(t) and t > 0) for t in targets):
+        raise ConfigError(f'--distortion_targets {targets}: every target must be a positive MSE '
+                          'on the [-1, 1] scale, e.g. 0.0128,0.0032')
+    if any(b >= a for a, b in zip(targets, targets[1:])):
+        raise ConfigError(f'--distortion_targets {targets}: each stage must refine the one '
+                          'before, so the targets must decrease, e.g. 0.0128,0.0032')
+    n = (len(targets) or 1) + 1
+    for flag, ok, allowed in (('stage_widths', lambda v: v > 0, 'integers >= 1'),
+                              ('stage_temperatures', lambda v: v >= 0, 'numbers >= 0')):
+        values = H.get(flag) or []
+        if values and len(values) != n:
+            raise ConfigError(f'--{flag} {values}: give one per stage, {n} for the {n} stages of '
+                              '--distortion_targets')
+        if not all(map(ok, values)):
+            raise ConfigError(f'--{flag} {values}: must be {allowed}')
+    if H.get('stage_paths') and H.get('stage1_path'):
+        raise ConfigError('--stage1_path and --stage_paths both name frozen stages: give the runs '
+                          'of every frozen stage, in order, with --stage_paths alone')
+    if H.get('stage1_rate_warmup') and not (H.get('model') in ('two_stage', 'multi_stage')
+                                            and H.get('training') == 'conventional'):
+        raise ConfigError('--stage1_rate_warmup schedules the joint -ELBO of a conventionally '
+                          'trained chain (--model two_stage --training conventional); drop it')
+    if H.get('model') not in ('two_stage', 'multi_stage'):
+        return
+    paths = frozen_paths(H)
+    if H.get('training') == 'conventional' and paths:
+        raise ConfigError('--stage_paths names frozen stages, but conventional training trains all '
+                          'stages jointly: drop --stage_paths (or --stage1_path), or use '
+                          '--training progressive')
+    if len(paths) > n - 1:
+        raise ConfigError(f'--stage_paths names {len(paths)} trained stages, but the model has '
+                          f'{n} stages: at most {n - 1} (the run trains the stage after them)')
 
 
 def _build_masked(H):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from progcode_ext.multi_stage import (MeanHeadStage, MultiStageHVAE, distortion_targets,
+from progcode_ext.multi_stage import (MultiStageHVAE, distortion_targets,
                                       stage_hparams, stage_weights)
 from progcode_ext.stage1 import Stage1VAE
 from progcode_ext.stage2 import ConditionalVAE
+from progcode_ext.stages import MeanHeadStage, Stage
 from progcode_ext.two_stage import TwoStageHVAE
 from vdvae import get_hparams, train
 from vdvae.checkpoint import CheckpointError
@@ -266,8 +267,13 @@ def test_every_stage_offers_the_same_calls():
         signatures = {cls: list(inspect.signature(getattr(cls, name)).parameters)
                       for cls in (Stage1VAE, MeanHeadStage, ConditionalVAE)}
         assert len({tuple(s) for s in signatures.values()}) == 1, signatures
+        assert list(inspect.signature(getattr(Stage, name)).parameters) == signatures[Stage1VAE]
     assert 'forward' not in vars(MeanHeadStage) and 'forward' not in vars(ConditionalVAE)
     model = perturbed(build_model(three_stage_hparams(training='conventional')))
+    # the three kinds, each where the chain puts it, all behind the one interface
+    assert [type(s) for s in model.stages] == [Stage1VAE, MeanHeadStage, ConditionalVAE]
+    assert all(isinstance(s, Stage) and model.stage(k) is s
+               for k, s in enumerate(model.stages, 1))
     x, _ = batch()
     for x_prev in (None, torch.randn(3, 32, 32, 1)):
         torch.manual_seed(0)

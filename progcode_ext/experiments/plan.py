@@ -48,7 +48,7 @@ def nothing_loaded():
 
     def freeze(self, paths):
         for k in range(1, len(paths) + 1):
-            getattr(self, f'stage{k}').requires_grad_(False)
+            self.stage(k).requires_grad_(False)
 
     with mock.patch.object(multi_stage.MultiStageHVAE, 'load_frozen_stages', freeze), \
             mock.patch.object(multi_stage.MultiStageHVAE, 'start_from', lambda self, path: None), \
