@@ -481,3 +481,10 @@ def test_measured_spreads_are_kept_beside_the_others(tmp_path):
     assert table['mnist16']['steps 9']['table1/mse']['source'] == 'old'
     assert table['mnist16']['steps 700']['table2/conventional/elbo'] == dict(
         sd=1.0, df=2, source='demo, commit c')
+
+
+def test_table_head_has_one_separator_per_column():
+    from progcode_ext.experiments.report import table_head
+    assert table_head('a', 'b c', '') == ['| a | b c | |', '|---|---|---|']
+    head, rule = table_head(*'xyz')
+    assert head.count('|') == rule.count('|') == 4

@@ -18,6 +18,7 @@ from ..metrics import SAMPLE_QUALITY, choose_metric, sample_quality
 from ..multi_stage import stage_titles
 from .evaluate import default_device, evaluate_run, load_run, metrics_cache
 from .figures import grid
+from .report import table_head
 from .runs import run_dir, say
 
 # A stand-in's number is not comparable with a published FID: every report says so next to it.
@@ -115,8 +116,7 @@ def differences(pairs, key, sign=1):
 
 def seed_table(seeds, pairs, names, columns):
     """Markdown rows: per seed, each column (key, label, digits) of both chains of its pair."""
-    lines = ['| seed | ' + ' | '.join(f'{label} {name}' for _, label, _ in columns for name in names)
-             + ' |', '|---|' + '---|' * (2 * len(columns))]
+    lines = table_head('seed', *(f'{label} {name}' for _, label, _ in columns for name in names))
     return lines + [f'| {seed} | ' + ' | '.join(f'{r[key]:.{digits}f}'
                                                 for key, _, digits in columns for r in pair) + ' |'
                     for seed, pair in zip(seeds, pairs)]

@@ -34,7 +34,7 @@ from .cli import check_inputs, command
 from .evaluate import default_device, evaluate_run
 from .figures import plot
 from .machine import machine
-from .report import write_results
+from .report import table_head, write_results
 from .runs import run_all, run_dir, say
 from .table1 import vdvae_run
 from .table2 import progressive_chain, stage2_name
@@ -220,23 +220,22 @@ def report_lines(cfg, result):
              f"{result['threads']} torch threads. Determinism (in every header): "
              f"{chain['determinism']}.", '',
              '## Bit-exact', '',
-             "| model | chunks | decoded = images | each prefix = x_hat_k | encode images/s | "
-             'decode images/s |', '|---|---|---|---|---|---|']
+             *table_head('model', 'chunks', 'decoded = images', 'each prefix = x_hat_k',
+                         'encode images/s', 'decode images/s')]
     for name, m in (('chain', chain), ('VDVAE', vdvae)):
         lines.append(f"| {name} | {m['n_chunks']} | {'yes' if m['exact'] else '**no**'} | "
                      f"{('yes' if m['prefix_exact'] else '**no**') if m['n_chunks'] > 1 else '-'} "
                      f"| {m['encode_images_per_s']:.1f} | {m['decode_images_per_s']:.1f} |")
     lines += ['', '## The file against the model\'s own probabilities', '',
-              '| model | file bytes | header | chunks (with 8 bytes of framing each) | '
-              "-log2 P, bytes | overhead (file - header vs -log2 P) |",
-              '|---|---|---|---|---|---|']
+              *table_head('model', 'file bytes', 'header', 'chunks (with 8 bytes of framing each)',
+                          '-log2 P, bytes', 'overhead (file - header vs -log2 P)')]
     for name, m in (('chain', chain), ('VDVAE', vdvae)):
         lines.append(f"| {name} | {m['bytes']:,} | {m['header_bytes']} | "
                      + ', '.join(f'{b:,}' for b in m['chunk_bytes'])
                      + f" | {sum(m['ideal_bits']) / 8:,.0f} | {m['overhead']:+.3%} |")
     lines += ['', 'The issue asks for at most 1% plus the header.', '',
               '## Lossless', '',
-              '| | bits/dim (headers counted) | bits/dim (headers not counted) |', '|---|---|---|']
+              *table_head('', 'bits/dim (headers counted)', 'bits/dim (headers not counted)')]
     for name, m in (('progressive codec, chain', chain), ('codec, VDVAE (one chunk)', vdvae)):
         last = m['steps'][-1]
         lines.append(f"| {name} | {_f(last['bits_per_dim'])} | "
@@ -253,9 +252,8 @@ def report_lines(cfg, result):
               'then the pixels given those latents; the difference is what that costs or saves. '
               'Training with uniform noise on the latents was not tried.',
               '', '## The staircase', '',
-              '| after chunk | bits/dim (headers counted) | bits/dim (not) | '
-              'the model\'s -log2 P | '
-              'MSE of x_hat_k | PSNR dB |', '|---|---|---|---|---|---|']
+              *table_head('after chunk', 'bits/dim (headers counted)', 'bits/dim (not)',
+                          "the model's -log2 P", 'MSE of x_hat_k', 'PSNR dB')]
     for s in chain['steps']:
         lines.append(f"| {s['k']}{' (lossless)' if s['k'] == chain['n_chunks'] else ''} | "
                      f"{_f(s['bits_per_dim'])} | {_f(s['payload_bits_per_dim'])} | "
@@ -266,8 +264,8 @@ def report_lines(cfg, result):
     lines += ['', 'Beside JPEG and WebP at matched bytes (one quality for the whole set, the '
               'largest size not above the codec\'s; "does not fit": even the lowest quality is '
               'larger):', '',
-              '| after chunk | headers | codec | quality | bits/dim | MSE | PSNR dB | '
-              'progressive codec MSE |', '|---|---|---|---|---|---|---|---|']
+              *table_head('after chunk', 'headers', 'codec', 'quality', 'bits/dim', 'MSE',
+                          'PSNR dB', 'progressive codec MSE')]
     for r in result['matched']:
         lines.append(f"| {r['k']} | {'counted' if r['headers'] else 'not counted'} | {r['codec']} "
                      f"| {r['quality']}{'' if r['fits'] else ' (does not fit)'} | "

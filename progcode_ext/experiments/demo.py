@@ -35,7 +35,7 @@ from . import convergence as cv
 from . import compression, lpips_vs_mse, rd_curve, table1, table2
 from .cli import check_inputs, number, run_main
 from .machine import commit, machine
-from .report import mean_std
+from .report import mean_std, table_head
 from .runs import say
 from .verdicts import RULE, SPREADS, record_spreads, stated
 
@@ -202,8 +202,8 @@ def report_lines(cfg, results, minutes, train_minutes):
         lines += ['**This is the smoke test (`--quick`)**: its models are trained for '
                   f'{cfg.steps} steps and cannot converge; it shows that the pipeline runs, nothing '
                   'about the paper.', '']
-    lines += [f"| claim (paper) | verdict | numbers ({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}) |",
-              '|---|---|---|']
+    lines += table_head('claim (paper)', 'verdict',
+                        f"numbers ({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'})")
     lines += [f'| {claim} | **{verdict}** | {numbers} |' for claim, verdict, numbers in
               claim_rows(results)]
     t2 = results['table2']

@@ -18,7 +18,7 @@ from .evaluate import default_device, eval_images, evaluate_run, load_run, metri
 from .figures import as_uint8, log_axis, plot
 from .rd_curve import add_arguments as add_rd_arguments
 from .rd_curve import plan, stage1_runs  # (the same stage-1 runs as rd_curve's)
-from .report import write_results
+from .report import table_head, write_results
 from .runs import run_all, say
 
 
@@ -72,7 +72,7 @@ def report(cfg):
               f'Perceptual metric: **{name}**' + ('' if name.startswith('LPIPS') else
               ' (a stand-in in the features of a classifier trained here; not LPIPS)') + '.',
               f'{cfg.n_images} validation images per lambda-optimal stage-1 model.', '',
-              f'| target | MSE | {name} |', '|---|---|---|']
+              *table_head('target', 'MSE', name)]
     lines += [f"| {r['target']:g} | {r['mse']:.5f} | {r['perceptual']:.4f} |" for r in rows]
     verdict = cv.verdict([monotone], checks)
     rho_text = (f'{rho:.3f}' if rho == rho else

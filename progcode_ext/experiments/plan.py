@@ -30,6 +30,7 @@ from vdvae.hps import setup_hparams
 from vdvae.models import build_model
 
 from . import cli, rd_curve, table1, table2
+from .report import table_head
 from .runs import launch_command, steps_done
 
 # Dense fp32 rates (TFLOP/s, vendor data sheets, no TF32, no sparsity) and memory of named GPUs.
@@ -143,9 +144,8 @@ def render(cfg, out, gpu, headline, command=''):
              f'measurements: memory per GPU and time on one {gpu} ({rate:g} TFLOP/s fp32 at an '
              f'assumed {UTILISATION:.0%}); see `python -m progcode_ext.experiments.plan --help`.',
              '',
-             '| run | preset | steps | batch/GPU | after | done | parameters | FLOPs/step | '
-             f'memory/GPU | {gpu} hours left |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             *table_head('run', 'preset', 'steps', 'batch/GPU', 'after', 'done', 'parameters',
+                         'FLOPs/step', 'memory/GPU', f'{gpu} hours left')]
     for r in out:
         done = 'other settings' if r['done'] < 0 else f"{r['done']:,}"
         lines.append(f"| {r['name']} | {r['preset']} | {r['steps']:,} | {r['batch']} | {r['after']} "

@@ -22,7 +22,7 @@ from ..metrics.rd_profile import rate_profile
 from .cli import command, number, train_then_report
 from .evaluate import default_device, evaluate_run, restore_vdvae, vdvae_rates
 from .figures import plot
-from .report import write_results
+from .report import table_head, write_results
 from .runs import COST, Run, run_dir, say
 
 
@@ -85,7 +85,7 @@ def report(cfg):
              'D_k: MSE ([-1,1] scale) of a masked-decoder probe trained on z_1..z_k '
              f'({cfg.probe_steps} steps; blank: not trained). Table 1\'s (R_K, D_K): the row at '
              f"the progressive split, resolution <= {table1['res']} (K = {table1['K']}).", '',
-             '| resolution <= | k | R_k | D_k | |', '|---|---|---|---|---|']
+             *table_head('resolution <=', 'k', 'R_k', 'D_k', '')]
     lines += [f"| {r['res']} | {r['k']} | {r['rate']:.5f} | "
               f"{'' if r['distortion'] is None else format(r['distortion'], '.5f')} | "
               f"{'**Table 1: (R_K, D_K)**' if r['table1'] else ''} |" for r in rows]

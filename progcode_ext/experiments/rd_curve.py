@@ -14,7 +14,7 @@ from . import convergence as cv
 from .cli import command, train_then_report
 from .evaluate import default_device, evaluate_run, load_run, reconstruction_grid
 from .figures import log_axis, plot
-from .report import write_results
+from .report import table_head, write_results
 from .runs import COST, Run, run_dir, seeded
 
 PAPER_TARGETS = '0.0512,0.0256,0.0128,0.0064,0.0032,0.0016,0.0008'
@@ -83,8 +83,8 @@ def report(cfg):
         f'# Rate-distortion of lambda-optimal stage 1 on {cfg.hps} (Figure 2)', '',
         f'Validation split, EMA weights, seed {cfg.seeds[0]}; distortion = MSE on the [-1, 1] scale; '
         'rate in nats/dim.', '',
-        '| target lambda | distortion | within 10%? | PSNR (dB) | rate | eta | steps |',
-        '|---|---|---|---|---|---|---|']
+        *table_head('target lambda', 'distortion', 'within 10%?', 'PSNR (dB)', 'rate', 'eta',
+                    'steps')]
     for r in rows:
         report_lines.append(
             f"| {r['target']:g} | {r['distortion']:.5f} ({r['distortion'] / r['target'] - 1:+.1%}) | "

@@ -22,9 +22,16 @@ def summary(values):
                 else 0.0, values=values)
 
 
+def table_head(*columns):
+    """A markdown table's first two lines: the column titles (an empty one stays empty) and the
+    separator, one per column."""
+    return ['|' + '|'.join(f' {c} ' if c else ' ' for c in columns) + '|',
+            '|' + '---|' * len(columns)]
+
+
 def check_table(checks):
     """Markdown rows of convergence checks."""
-    rows = ['| model | check | passed | numbers |', '|---|---|---|---|']
+    rows = table_head('model', 'check', 'passed', 'numbers')
     rows += [f"| {c.model} | {c.check} | {'yes' if c.passed else '**no**'} | {c.detail} |"
              for c in checks]
     return rows

@@ -42,7 +42,7 @@ from .chains import check_sample_metric, differences
 from .cli import check_inputs, command, number
 from .evaluate import default_device, eval_images, evaluate_last_fifth, evaluate_run
 from .figures import grid, log_axis, plot
-from .report import check_table, mean_std, summary, write_results
+from .report import check_table, mean_std, summary, table_head, write_results
 from .runs import COST, Run, run_all, run_dir, say, seeded
 
 # The findings: (name, key compared, sign making it positive where N stages beat 2 as claimed)
@@ -218,8 +218,8 @@ def report_lines(cfg, result):
              + chains.metric_sentence(metric, rows[0][2]['n_samples'])
              + f'. Seeds {", ".join(map(str, cfg.seeds))}{", mean ± std" if n_seeds > 1 else ""}.',
              '',
-             '| chain | targets | widths | parameters | -ELBO | ' + metric + ' | rate at lambda |',
-             '|---|---|---|---|---|---|---|']
+             *table_head('chain', 'targets', 'widths', 'parameters', '-ELBO', metric,
+                         'rate at lambda')]
     for n in lengths:
         s = result[f'chain{n}']
         elbo = s['elbo']['values']
@@ -231,8 +231,7 @@ def report_lines(cfg, result):
     ratio = result[f'chain{many}']['parameters']['mean'] / result['chain2']['parameters']['mean']
     lines += ['', f'Parameters of {many} stages / 2 stages: {ratio:.4f}.', '',
               'The staircase (mean over seeds): rate and MSE after each stage.', '',
-              '| chain | ' + ' | '.join(f'stage {k}' for k in range(1, many + 1)) + ' |',
-              '|---|' + '---|' * many]
+              *table_head('chain', *(f'stage {k}' for k in range(1, many + 1)))]
     for n in lengths:
         s = result[f'chain{n}']
         cells = [f'R {r:.4f}, D {d:.5f}' for r, d in zip(s['rates'], s['mses'])]

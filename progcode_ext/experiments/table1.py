@@ -28,7 +28,7 @@ from .cli import command, number, train_then_report
 from .evaluate import (default_device, evaluate_last_fifth, evaluate_run, load_run,
                        reconstruction_grid, restore_vdvae, vdvae_rates)
 from .figures import plot
-from .report import check_table, mean_std, summary, write_results
+from .report import check_table, mean_std, summary, table_head, write_results
 from .runs import COST, Run, run_dir, say, seeded, window_steps
 from .verdicts import (Trajectory, claim_verdict, measured_spread, pooled_noise_sd, spread_of,
                        stated)
@@ -178,12 +178,12 @@ def report_lines(cfg, result):
         f"{result['progressive_res']}). Rates and distortions per dimension; distortion = MSE on "
         f"the [-1, 1] scale; validation split, EMA weights; {n} seed{'s' * (n > 1)} "
         f"({', '.join(map(str, cfg.seeds))}){', mean ± std' if n > 1 else ''}.", '',
-        "| dataset | R_K | D_K | R'_K | >= lambda* |", '|---|---|---|---|---|',
+        *table_head('dataset', 'R_K', 'D_K', "R'_K", '>= lambda*'),
         f"| {cfg.hps} | {mean_std(s['R_K']['values'])} | {mean_std(s['D_K']['values'])} | "
         f"{mean_std(s['R_K_gamma_optimal']['values'])} | "
         f"{mean_std(s['lambda_star_upper_bound']['values'])} |", '']
     if n > 1:
-        lines += ['| seed | R_K | D_K | R\'_K | >= lambda* | lambda* < D_K |', '|---|---|---|---|---|---|']
+        lines += table_head('seed', 'R_K', 'D_K', "R'_K", '>= lambda*', 'lambda* < D_K')
         lines += [f"| {r['seed']} | {r['R_K']:.5f} | {r['D_K']:.5f} | {r['R_K_gamma_optimal']:.5f} | "
                   f"{r['lambda_star_upper_bound']:.5f} | {'yes' if r['held'] else 'no'} |" for r in rows]
         lines.append('')
@@ -199,7 +199,7 @@ def report_lines(cfg, result):
               'Convergence checks:', ''] + check_table(result['checks'])
     lines += ['', 'Where the rate of the conventional VDVAE sits (seed '
               f'{cfg.seeds[0]}; R_k = KL of all latents at resolution <= r, share of its whole rate):',
-              '', '| resolution <= | k | R_k | share | |', '|---|---|---|---|---|']
+              '', *table_head('resolution <=', 'k', 'R_k', 'share', '')]
     lines += [f"| {x['res']} | {x['k']} | {x['rate']:.5f} | {x['share']:.1%} | "
               + ('**z_1..z_K**' if x['k'] == result['K'] else '') + ' |' for x in result['rate_shares']]
     lines += ['', 'Paper (SVHN, CelebA, LSUN): D_K 0.0200 / 0.0274 / 0.0611 vs lambda* 0.0063 / '

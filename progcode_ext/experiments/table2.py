@@ -56,7 +56,7 @@ from .cli import check_inputs, command, number
 from .evaluate import default_device, evaluate_run
 from .figures import plot
 from .rd_curve import PAPER_TARGETS, lambdas, stage1_name, stage1_run
-from .report import check_table, mean_std, write_results
+from .report import check_table, mean_std, table_head, write_results
 from .runs import COST, Run, run_all, run_dir, say, seeded, tenth, window
 from .table1 import vdvae_run
 from .verdicts import (RULE, Trajectory, claim_verdict, mean_noise, measured_spread,
@@ -475,8 +475,8 @@ def across_lambda_table(result):
                 f"{np.mean([r['stage2_share'] for r in rows]):.1%} | {m('elbo', 4)} | "
                 f"{m('sample_metric', 2)} | "
                 + (' | '.join(verdicts) + ' |' if verdicts else '| |'))
-    lines = [f'| model | R_1 | R_2 | stage-2 share | -ELBO | {metric} | samples: progressive '
-             'better? | ELBO: conventional better? |', '|---|---|---|---|---|---|---|---|']
+    lines = table_head('model', 'R_1', 'R_2', 'stage-2 share', '-ELBO', metric,
+                       'samples: progressive better?', 'ELBO: conventional better?')
     for x in per:       # the headline over every seed, with its verdicts over them
         rows, verdicts = (models['progressive'], result['comparisons']['conventional']) \
             if x['headline'] else ([x['progressive']], x['verdicts'])
@@ -494,8 +494,8 @@ def across_lambda_table(result):
 def comparison_table(result):
     """Markdown rows: each conventional-objective model against its progressive reference, both
     claims, over the seeds."""
-    lines = ['| baseline | judged against | samples: progressive better? | ELBO: baseline '
-             'better? |', '|---|---|---|---|']
+    lines = table_head('baseline', 'judged against', 'samples: progressive better?',
+                       'ELBO: baseline better?')
     for key, verdicts in result['comparisons'].items():
         if key == 'strongest':
             continue
@@ -512,7 +512,7 @@ def path_table(result):
     if 'continued_elbo' not in models:
         return []
     heads = models['progressive']
-    lines = [f'| continued by | step | R_1 | R_2 | -ELBO | {metric} |', '|---|---|---|---|---|---|',
+    lines = [*table_head('continued by', 'step', 'R_1', 'R_2', '-ELBO', metric),
              "| (start: the headline chain) | 0 | "
              + ' | '.join(mean_std([r[k] for r in heads], d) for k, d in
                           (('rate_stage1', 4), ('rate_stage2', 4), ('elbo', 4),
@@ -587,7 +587,7 @@ def report_lines(cfg, result):
               'of two. ' + RULE, '',
               'How much each model still moved over its last fifth (its checkpoint at 4/5 of the '
               'run against its end; at 4/5 from one draw):', '',
-              f'| run | -ELBO at 4/5 -> end | {metric} at 4/5 -> end |', '|---|---|---|']
+              *table_head('run', '-ELBO at 4/5 -> end', f'{metric} at 4/5 -> end')]
     seen = set()
     for rows in [*models.values(), [x['progressive'] for x in per]]:
         for r in rows:
