@@ -10,7 +10,6 @@ import errno
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 from test_upstream import (ENV as UPSTREAM_ENV, TINY as UPSTREAM_TINY, each_checkout,  # noqa: F401
                            each_runnable_checkout, records as upstream_records,  # noqa: F401
                            stop_at)
+from progcode_ext.experiments.runs import free_port
 from vdvae import checkpoint, train
 from vdvae.logger import read_jsonl
 
@@ -80,18 +80,12 @@ def _nothing_left_running():
             proc.wait()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
-
-
 def start(args, launcher, out, script=None, env=()):
     """train.py (or `script`) with `args`: launcher 'one' (one process), 'torchrun' (its agent,
     two ranks), 'mpiexec' (two ranks) or 'env' (two processes given torchrun's variables, no
     agent). -> the Popen objects, output to files `out`-N.txt."""
     script = str(script or REPO / 'train.py')
-    port = _free_port()
+    port = str(free_port())
     if launcher == 'one':
         commands = [([sys.executable, script, *args], {})]
     elif launcher == 'torchrun':
@@ -463,7 +457,8 @@ def test_sigterm_in_upstreams_loop_through_the_plugin(each_runnable_checkout):
     saves `latest` through its save_model, and exits with 143; upstream's restore flags resume."""
     checkout = each_runnable_checkout
     run_dir = checkout / 'runs' / 'pre'
-    common = ['-m', 'progcode_ext.upstream', '--vdvae_root', 'vdvae', '--hps', 'svhn_stage1',
+    common = ['-m', 'progcode_ext.upstream', '--vdvae_root', 'vdvae', '--port', str(free_port()),
+              '--hps', 'svhn_stage1',
               *UPSTREAM_TINY, '--dataset', 'imagefolder', '--data_root', str(checkout / 'images'),
               '--save_dir', str(checkout / 'runs')]
     with open(checkout / 'out.txt', 'w') as f:

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from conftest import write_cifar
+from progcode_ext.experiments.runs import free_port
 from progcode_ext.upstream import CheckoutError, recognise
 from vdvae.data import set_up_data
 from vdvae.hps import read_hparams
@@ -102,7 +103,11 @@ def run(args, cwd, check=True, launcher=()):
 
 
 def plugin(*args, **kwargs):
-    return run(['-m', 'progcode_ext.upstream', '--vdvae_root', 'vdvae', *args], **kwargs)
+    """The plug-in's command. Upstream's loop starts torch.distributed on --port (default 29500)
+    even for one process: each command gets a free port, so that tests in parallel workers
+    (pytest -n) do not collide."""
+    return run(['-m', 'progcode_ext.upstream', '--vdvae_root', 'vdvae', '--port', str(free_port()),
+                *args], **kwargs)
 
 
 def records(run_dir, kind='train_loss', repeats=False):
@@ -436,7 +441,7 @@ def test_mpiexec_two_ranks(each_runnable_checkout):
     plugin('--hps', 'svhn_stage1', *TINY, *stop_at(2), '--iters_per_ckpt', '1',
            '--distortion_target', '2.0', '--eta_lr', '0.05',
            '--dataset', 'imagefolder', '--data_root', str(checkout / 'images'),
-           '--save_dir', str(checkout / 'runs'), '--desc', 'mpi', '--port', '29617',
+           '--save_dir', str(checkout / 'runs'), '--desc', 'mpi',
            cwd=checkout, launcher=(str(mpiexec), '-n', '2'))
     run_dir = checkout / 'runs' / 'mpi'
     assert {r['key']: r['value'] for r in records(run_dir, 'hparam')}['mpi_size'] == 2
